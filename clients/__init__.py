@@ -1,0 +1,1 @@
+"""cowsim.clients — the ``cowsim`` command line and (later) the Python client library."""

@@ -1,0 +1,129 @@
+"""Terminal output for the CLI: result tables, the scenario × kernel matrix, kernel listings.
+
+Rendering only: everything here takes finished results and prints them with
+rich (or as Markdown, for documents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from cowsim.sim.kernel.generations import ERAS, WHAT_IFS, Generation, changes_in
+from cowsim.sim.scenario.runner import SUMMARY_COUNTERS, ScenarioResult
+
+
+def _kinds(result: ScenarioResult) -> str:
+    return ",".join(sorted({violation.kind for violation in result.violations}))
+
+
+def _cell_text(result: ScenarioResult) -> str:
+    verdict = "pass" if result.ok else "FAIL"
+    kinds = _kinds(result)
+    return f"{verdict} ({kinds})" if kinds else verdict
+
+
+def _column(generation: Generation) -> str:
+    return f"{generation.label} ({generation.era})"
+
+
+def _row_name(result: ScenarioResult) -> str:
+    return result.file.rsplit("/", 1)[-1]
+
+
+def matrix(console: Console, files: Sequence[str], generations: Sequence[Generation],
+           results: dict[tuple[str, str], ScenarioResult]) -> None:
+    """The scenario × generation matrix: pass/FAIL per cell, with violation kinds."""
+    table = Table(title="scenario × kernel generation", show_lines=False)
+    table.add_column("scenario", overflow="fold")
+    for generation in generations:
+        table.add_column(_column(generation), justify="center")
+    for file in files:
+        cells: list[Text | str] = []
+        first = results[(file, generations[0].label)]
+        for generation in generations:
+            result = results[(file, generation.label)]
+            style = "green" if result.ok else "bold red"
+            cells.append(Text(_cell_text(result), style=style))
+        table.add_row(_row_name(first), *cells)
+    console.print(table)
+    console.print("pass/FAIL: the scenario's expectations (what a correct kernel delivers); "
+                  "in brackets the violations the oracles saw.")
+
+
+def matrix_markdown(files: Sequence[str], generations: Sequence[Generation],
+                    results: dict[tuple[str, str], ScenarioResult]) -> str:
+    header = "| scenario | " + " | ".join(_column(g) for g in generations) + " |"
+    rule = "|---|" + "---|" * len(generations)
+    lines = [header, rule]
+    for file in files:
+        first = results[(file, generations[0].label)]
+        cells = []
+        for generation in generations:
+            result = results[(file, generation.label)]
+            text = _cell_text(result)
+            cells.append(f"**{text}**" if not result.ok else text)
+        lines.append(f"| {_row_name(first)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def detail(console: Console, result: ScenarioResult) -> None:
+    """One scenario on one kernel: expectations, violations, counters."""
+    verdict = Text("PASS", style="green") if result.ok else Text("FAIL", style="bold red")
+    title = Text.assemble(f"{result.scenario} — {result.file} — kernel {result.kernel} "
+                          f"(era {result.era}): ", verdict)
+    console.print(title)
+    if result.expectations:
+        table = Table(show_header=True, box=None, padding=(0, 1))
+        for column in ("step", "expectation", "expected", "observed", ""):
+            table.add_column(column)
+        for expectation in result.expectations:
+            mark = Text("ok", style="green") if expectation.ok else Text("FAILED", style="bold red")
+            table.add_row(str(expectation.step), expectation.what, _fmt(expectation.expected),
+                          _fmt(expectation.observed), mark)
+        console.print(table)
+    for violation in result.violations:
+        console.print(Text(f"  {violation.kind} at step {violation.step}: {violation.detail}",
+                           style="yellow"))
+    summary = ", ".join(f"{name} {result.counters.get(name, 0)}" for name in SUMMARY_COUNTERS)
+    console.print(f"  counters: {summary}")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return str(value)
+    return hex(value) if value > 9 else str(value)
+
+
+def kernels(console: Console) -> None:
+    """The eras, their version ranges and the rule changes inside each."""
+    table = Table(title="kernel generations (docs/kernel-semantics.md §0)", show_lines=True)
+    table.add_column("era")
+    table.add_column("versions")
+    table.add_column("runs as")
+    table.add_column("policy")
+    table.add_column("rules that change here")
+    for era in ERAS:
+        lines = [f"{'.'.join(map(str, c.version))}: {c.field} = "
+                 f"{getattr(c.value, 'value', c.value)} — {c.commit}" for c in changes_in(era)]
+        if era is ERAS[0]:
+            lines.insert(0, "baseline: wp_reuse = mapcount, nothing pin-aware")
+        table.add_row(era.id, era.range_label, ".".join(map(str, era.representative)),
+                      era.summary, "\n".join(lines))
+    console.print(table)
+    if WHAT_IFS:
+        what_ifs = Table(title="what-if policies (never merged)")
+        what_ifs.add_column("name")
+        what_ifs.add_column("based on")
+        what_ifs.add_column("changes")
+        what_ifs.add_column("source")
+        for name, (base, overrides, source) in WHAT_IFS.items():
+            what_ifs.add_row(name, base, ", ".join(
+                f"{key} = {getattr(value, 'value', value)}" for key, value in overrides.items()),
+                source)
+        console.print(what_ifs)
+    console.print("Select with --kernel VERSION (e.g. 5.10, 6.8), an era id (e.g. B, C') "
+                  "or a what-if name; --kernel all runs one version per era.")

@@ -1,0 +1,48 @@
+"""The memory-management model: Linux anonymous memory under copy-on-write.
+
+Start at :class:`~cowsim.sim.kernel.kernel.Kernel`, which holds the state and
+offers the operations; :mod:`~cowsim.sim.kernel.generations` says which rules
+each kernel version follows.  One module per piece of kernel code:
+
+=============  ============================================================
+pages          physical frames: refcount, mapcount, flags, content
+mm             processes, VMAs and page tables (PTE bits)
+lru            per-CPU LRU-add batches and the reference they hold
+fault          do_anonymous_page, do_wp_page (reuse or copy), unshare
+swap           MADV_PAGEOUT, swap cache, do_swap_page
+fork           dup_mmap / copy_page_range, early copy of pinned pages
+gup            FOLL_GET / FOLL_PIN references, pipes, devices (DMA)
+protect        mprotect and userfaultfd write-protect
+madvise        madvise advice and zapping (munmap, exit, DONTNEED)
+proc           clear_refs (soft-dirty) and pagemap
+oracles        leak, pin_diverged, stale_pin
+=============  ============================================================
+"""
+
+from cowsim.sim.kernel.generations import (
+    ERAS,
+    WHAT_IFS,
+    Generation,
+    KernelVersionError,
+    all_generations,
+    generation_for,
+)
+from cowsim.sim.kernel.kernel import Kernel, KernelOpError, TlbFlush
+from cowsim.sim.kernel.mm import Prot
+from cowsim.sim.kernel.oracles import Violation
+from cowsim.sim.kernel.pages import CapacityError
+
+__all__ = [
+    "ERAS",
+    "WHAT_IFS",
+    "CapacityError",
+    "Generation",
+    "Kernel",
+    "KernelOpError",
+    "KernelVersionError",
+    "Prot",
+    "TlbFlush",
+    "Violation",
+    "all_generations",
+    "generation_for",
+]

@@ -1,0 +1,318 @@
+"""Page faults: do_anonymous_page, do_wp_page (reuse or copy), unshare, shmem.
+
+A store needs a present, writable PTE.  When there is none the CPU faults and
+the kernel takes one of these paths (``handle_pte_fault``):
+
+* ``pte_none`` in a private region → ``do_anonymous_page``: a read maps the
+  shared zero page read-only; a write allocates a zeroed page, exclusive.
+* a swap entry → ``do_swap_page`` (swap.py).
+* a userfaultfd write-protected PTE → the userfault is delivered first; the
+  scenario's monitor resolves it by un-protecting the page (protect.py).
+* a present read-only PTE → ``do_wp_page``: in a shared mapping just make it
+  writable; in a private one decide **reuse** (make the PTE writable, no copy,
+  no TLB flush) or **copy** (allocate, copy 4 KiB, ``ptep_clear_flush`` the old
+  PTE, map the copy).  That decision is the one the kernel changed:
+
+  ========  ==========================================================
+  ≤5.8      reuse iff mapcount + swap count <= 1 (``reuse_swap_page``)
+  5.9–5.17  reuse iff refcount == 1 and mapcount == 1
+  5.18      drain the local LRU-add batch, free the swap cache, then
+            reuse iff refcount == 1
+  5.19+     reuse PageAnonExclusive pages at once; else as 5.18 and mark
+            the page exclusive on reuse
+  ========  ==========================================================
+
+``FAULT_FLAG_UNSHARE`` (5.19+, a R/O pin of a maybe-shared anonymous page)
+runs the same decision but never makes the PTE writable: a reuse only marks
+the page exclusive, a copy is mapped read-only.
+
+Order matters only through the per-CPU LRU-add batch: a new page enters it
+and, when it fills, the batch flushes every page it held, which changes
+``page_count()`` of pages later in the same operation.  Pages are therefore
+handled in runs: each page whose frame sits in a batch is a run of its own,
+and the pages between them are one vectorized run, exactly as a page-by-page
+walk would see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from cowsim.sim.kernel import swap
+from cowsim.sim.kernel.generations import WpReuse
+from cowsim.sim.kernel.mm import (
+    _PAGE_DIRTY,
+    _PAGE_RW,
+    _PAGE_SOFT_DIRTY,
+    _PAGE_UFFD_WP,
+    VM_SOFTDIRTY,
+    VMA,
+    WP_CAUSE_MASK,
+    WpCause,
+    cause_of,
+    with_cause,
+)
+from cowsim.sim.kernel.pages import (
+    PG_anon,
+    PG_anon_exclusive,
+    PG_lru_batch,
+    PG_swapcache,
+    ZERO_PFN,
+    FrameArray,
+)
+
+if TYPE_CHECKING:
+    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.mm import Process
+
+_WRITTEN = _PAGE_RW | _PAGE_DIRTY | _PAGE_SOFT_DIRTY
+"""A PTE made writable by a write fault: pte_mkwrite(pte_mkdirty()) sets soft-dirty too."""
+
+_CAUSE_NAMES = {
+    WpCause.FORK: "fork",
+    WpCause.CLEAR_REFS: "clear_refs",
+    WpCause.MPROTECT: "mprotect",
+    WpCause.UFFD_WP: "uffd_wp",
+    WpCause.SWAPIN: "swapin",
+    WpCause.UNSHARE: "unshare",
+}
+
+
+def in_runs(k: Kernel, vma: VMA, pages: PageIndex,
+            handle: Callable[[PageIndex], None]) -> None:
+    """Call ``handle`` on consecutive runs of ``pages`` so that LRU-batch effects stay ordered.
+
+    Every page whose current frame (or swap-cache frame) is in an LRU-add
+    batch forms a run of its own; the pages between them form one run each.
+    """
+    if pages.size == 0:
+        return
+    frames = decision_frames(k, vma, pages)
+    sensitive = np.flatnonzero(k.batch_sensitive(frames))
+    if sensitive.size == 0:
+        handle(pages)
+        return
+    start = 0
+    for position in sensitive.tolist():  # at most one LRU batch's worth per CPU
+        if position > start:
+            handle(pages[start:position])
+        handle(pages[position : position + 1])
+        start = position + 1
+    if start < pages.size:
+        handle(pages[start:])
+
+
+def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
+    """The frame each page's fault decision reads: the mapped one, or the swap-cache one."""
+    frames = vma.pfn[pages].copy()
+    swapped = vma.swapped(pages)
+    if swapped.any():
+        frames[swapped] = k.swap.cache_frame[frames[swapped]]
+    return frames
+
+
+def fault_in_writable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
+    """Fault until every page has a present writable PTE (a write, or GUP with FOLL_WRITE)."""
+    in_runs(k, vma, pages, lambda run: _write_run(k, owner, vma, run, cpu))
+
+
+def _write_run(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
+    new_frames: list[tuple[PageIndex, FrameArray]] = []
+    none = pages[vma.pfn[pages] < 0]
+    if none.size:
+        if vma.shared:
+            shmem_fault(k, vma, none, write=True, cpu=cpu)
+        else:
+            new_frames.append((none, do_anonymous_write(k, vma, none)))
+    swapped = pages[vma.swapped(pages)]
+    still_read_only = swapped
+    if swapped.size:
+        still_read_only = swap.do_swap_page(k, vma, swapped, write=True)
+    # Userfaultfd write-protected PTEs: the monitor un-protects, the write is retried.
+    protected = pages[(vma.pte[pages] & _PAGE_UFFD_WP) != 0]
+    if protected.size:
+        from cowsim.sim.kernel import protect  # noqa: PLC0415 - protect imports fault
+
+        k.counters.fault("uffd_wp", protected.size)
+        protect.uffd_writeprotect(k, owner, vma, protected, False, cpu=cpu)
+    read_only = pages[vma.present(pages) & ((vma.pte[pages] & _PAGE_RW) == 0)]
+    if read_only.size:
+        # Swap-in's own do_wp_page call is part of the swap fault, not a new fault.
+        inline = np.isin(read_only, np.setdiff1d(still_read_only, protected), assume_unique=True)
+        k.counters.fault("wp", int((~inline).sum()))
+        copied_pages, copied = do_wp_page(k, owner, vma, read_only, unshare=False, cpu=cpu)
+        new_frames.append((copied_pages, copied))
+    _batch_in_page_order(k, new_frames, cpu)
+
+
+def _batch_in_page_order(k: Kernel, new: list[tuple[PageIndex, FrameArray]], cpu: int) -> None:
+    """lru_cache_add() the run's new pages in the order a page-by-page walk would."""
+    new = [(p, f) for p, f in new if f.size]
+    if not new:
+        return
+    if len(new) == 1:
+        k.lru_cache_add(new[0][1], cpu)
+        return
+    pages = np.concatenate([p for p, _ in new])
+    frames = np.concatenate([f for _, f in new])
+    k.lru_cache_add(frames[np.argsort(pages, kind="stable")], cpu)
+
+
+def fault_in_readable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
+    """Fault until every page has a present PTE (a load, or GUP without FOLL_WRITE)."""
+    none = pages[vma.pfn[pages] < 0]
+    if none.size:
+        if vma.shared:
+            shmem_fault(k, vma, none, write=False, cpu=cpu)
+        else:
+            # do_anonymous_page for a read: map the shared zero page read-only.
+            k.counters.fault("anonymous", none.size)
+            vma.pfn[none] = ZERO_PFN
+            vma.pte[none] = 0
+    swapped = pages[vma.swapped(pages)]
+    if swapped.size:
+        swap.do_swap_page(k, vma, swapped, write=False)
+
+
+def do_anonymous_write(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
+    """do_anonymous_page() for a write: a zeroed page, mapped writable (and exclusive)."""
+    k.counters.fault("anonymous", pages.size)
+    flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
+    frames = k.alloc_pages(int(pages.size), np.uint8(flags))
+    k.frames.mapcount[frames] = 1
+    k.frames.refcount[frames] = 1
+    vma.pfn[pages] = frames
+    vma.pte[pages] = _WRITTEN
+    return frames
+
+
+def shmem_fault(k: Kernel, vma: VMA, pages: PageIndex, write: bool, cpu: int) -> None:
+    """A fault in a MAP_SHARED anonymous region: map the shmem page, allocating it if new."""
+    assert vma.shmem is not None
+    k.counters.fault("shmem", pages.size)
+    frames = vma.shmem.frames[pages]
+    missing = frames < 0
+    if missing.any():
+        new = k.alloc_pages(int(missing.sum()), np.uint8(0))
+        k.frames.refcount[new] = 1  # the page cache's reference
+        vma.shmem.frames[pages[missing]] = new
+        frames[missing] = new
+        k.lru_cache_add(new, cpu)
+    k.frames.mapcount[frames] += 1
+    k.get_page(frames)
+    vma.pfn[pages] = frames
+    # Without soft-dirty tracking a shared writable mapping needs no write notification.
+    writable = write or (vma.writable and bool(vma.vm_flags & VM_SOFTDIRTY))
+    bits = _WRITTEN if write else (_PAGE_RW if writable else np.uint16(0))
+    vma.pte[pages] = np.uint16(bits)
+
+
+def do_wp_page(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unshare: bool,
+               cpu: int) -> tuple[PageIndex, FrameArray]:
+    """Write-protect (or unshare) fault on present read-only PTEs.  Returns the copied
+    pages and their new frames, which the caller queues on the LRU-add batch."""
+    empty = (pages[:0], np.zeros(0, dtype=np.int32))
+    if vma.shared:
+        # wp_page_shared(): no COW in a shared mapping, just make the PTE writable.
+        vma.pte[pages] = (vma.pte[pages] & ~WP_CAUSE_MASK) | _WRITTEN
+        k.counters.add("wp_reuses", pages.size)
+        return empty
+    frames = vma.pfn[pages]
+    zero = frames == ZERO_PFN
+    reuse = np.zeros(pages.size, dtype=bool)
+    anon = ~zero
+    if anon.any():
+        reuse[anon] = wp_can_reuse(k, frames[anon], cpu)
+    reused = pages[reuse]
+    if reused.size:
+        if k.gen.anon_exclusive:
+            k.frames.set(frames[reuse], PG_anon_exclusive)
+        if not unshare:
+            vma.pte[reused] = (vma.pte[reused] & ~WP_CAUSE_MASK) | _WRITTEN
+            k.counters.add("wp_reuses", reused.size)
+    copy = ~reuse
+    if not copy.any():
+        return empty
+    return pages[copy], wp_page_copy(k, owner, vma, pages[copy], unshare=unshare, cpu=cpu)
+
+
+def wp_can_reuse(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDArray[np.bool_]:
+    """The era's reuse decision for anonymous frames (unique) mapped read-only.
+
+    Side effects as in the kernel: ≤5.8 drops a reusable page from the swap
+    cache; 5.18+ drain the local LRU-add batch and free the swap cache.
+    """
+    pg = k.frames
+    rule = k.gen.wp_reuse
+    if rule is WpReuse.MAPCOUNT:
+        in_cache = pg.test(frames, PG_swapcache)
+        swapcount = np.zeros(frames.size, dtype=np.int64)
+        if in_cache.any():
+            swapcount[in_cache] = k.swap.count[pg.ensure_swap_slots()[frames[in_cache]]]
+        reuse: npt.NDArray[np.bool_] = (pg.mapcount[frames] + swapcount) <= 1
+        swap.delete_from_swap_cache(k, frames[reuse & in_cache])
+        return reuse
+    if rule is WpReuse.PAGE_COUNT:
+        out: npt.NDArray[np.bool_] = (pg.refcount[frames] == 1) & (pg.mapcount[frames] == 1)
+        return out
+    # PAGE_COUNT_DRAIN (5.18+), after the PageAnonExclusive shortcut (5.19+).
+    reuse = np.zeros(frames.size, dtype=bool)
+    if k.gen.anon_exclusive:
+        reuse = pg.test(frames, PG_anon_exclusive)
+    todo = ~reuse & (pg.refcount[frames] <= 3)
+    if (todo & pg.test(frames, PG_lru_batch)).any():
+        k.lru_add_drain(cpu)  # only a run of one page can be in a batch (in_runs)
+    in_cache = pg.test(frames, PG_swapcache)
+    todo &= pg.refcount[frames] <= 1 + in_cache
+    swap.try_to_free_swap(k, frames[todo & in_cache])
+    reuse |= todo & (pg.refcount[frames] == 1)
+    return reuse
+
+
+def wp_page_copy(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unshare: bool,
+                 cpu: int) -> FrameArray:
+    """wp_page_copy(): allocate, copy, flush the old PTE, map the copy."""
+    old_frames = vma.pfn[pages]
+    old_pte = vma.pte[pages]
+    zero = old_frames == ZERO_PFN
+    k.counters.add("cow_copies", pages.size)
+    if unshare:
+        k.counters.add("cow_copies_unshare", pages.size)
+    else:
+        k.counters.add("cow_copies_zero_page", int(zero.sum()))
+        causes = cause_of(old_pte[~zero])
+        for cause, name in _CAUSE_NAMES.items():
+            k.counters.add(f"cow_copies_{name}", int((causes == cause).sum()))
+    flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
+    new = k.alloc_pages(int(pages.size), np.uint8(flags), k.frames.content[old_frames])
+    k.frames.mapcount[new] = 1
+    k.frames.refcount[new] = 1
+    if unshare:
+        vma.pte[pages] = with_cause(old_pte & (_PAGE_SOFT_DIRTY | _PAGE_UFFD_WP), WpCause.UNSHARE)
+    else:
+        vma.pte[pages] = _WRITTEN
+    vma.pfn[pages] = new
+    k.flush_tlb(owner.mm, "page", count=int(pages.size), cpu=cpu)
+    shared_old = old_frames[~zero]
+    k.frames.mapcount[shared_old] -= 1
+    k.put_page(shared_old)
+    return new
+
+
+def unshare(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
+    """FAULT_FLAG_UNSHARE on read-only mapped pages (5.19+ R/O pins)."""
+    def run(chunk: PageIndex) -> None:
+        k.counters.fault("unshare", chunk.size)
+        copied_pages, copied = do_wp_page(k, owner, vma, chunk, unshare=True, cpu=cpu)
+        _batch_in_page_order(k, [(copied_pages, copied)], cpu)
+
+    in_runs(k, vma, pages, run)
+
+
+def mark_written(vma: VMA, pages: PageIndex) -> None:
+    """A store through a writable PTE: the hardware sets the dirty bit (not soft-dirty)."""
+    vma.pte[pages] |= _PAGE_DIRTY

@@ -1,0 +1,427 @@
+"""The kernel model: frames, processes, references and the operations on them.
+
+:class:`Kernel` owns all state of one simulated machine's memory management
+and exposes the system calls and device actions that scenario scripts and
+workloads perform (``mmap``, ``write``, ``fork``, ``clear_refs``, ``pin`` …).
+The decisions live in the modules named after the kernel code they model
+(``fault`` for do_wp_page and friends, ``fork`` for copy_page_range, ``gup``,
+``swap``, ``proc``, ``protect``, ``madvise``); this class holds the shared
+bookkeeping they use: taking and dropping references, the LRU-add batches, TLB
+flush accounting and the correctness oracles.
+
+Every operation takes page *index arrays* and works on them with numpy; none
+loops over pages in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cowsim.sim.kernel import fault, fork, gup, madvise, oracles, proc, protect, swap
+from cowsim.sim.kernel.counters import Counters
+from cowsim.sim.kernel.generations import Generation, generation_for
+from cowsim.sim.kernel.gup import Holder
+from cowsim.sim.kernel.lru import LruAddBatches
+from cowsim.sim.kernel.mm import MM, VMA, Process, Prot
+from cowsim.sim.kernel.oracles import Violation
+from cowsim.sim.kernel.pages import (
+    PG_lru_batch,
+    ZERO_PFN,
+    CapacityError,
+    FrameArray,
+    PageFrames,
+)
+from cowsim.sim.kernel.swap import SwapSpace
+
+PageIndex = npt.NDArray[np.int64]
+
+DEFAULT_MAX_FRAMES = 1 << 27
+"""Default bound on physical frames: 128 Mi frames = 512 GiB of simulated memory."""
+MAX_REGION_PAGES = 1 << 30
+"""No single region may exceed 2^30 pages (4 TiB): int32 frame numbers stay valid."""
+
+
+class KernelOpError(ValueError):
+    """An operation the simulated kernel refuses (EINVAL, EFAULT, SIGSEGV).
+
+    ``field`` names the scenario field at fault, for one-line error messages.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class TlbFlush:
+    """One TLB flush the model asked for: on which mm, how wide, from which CPU."""
+
+    mm: MM
+    kind: str  # "page" | "range" | "mm"
+    count: int  # how many flushes of this kind (e.g. one per copied page)
+    pages: int  # pages covered by each (1 for "page")
+    cpu: int
+    remote_cpus: int
+
+
+class Kernel:
+    """Memory-management state of one machine under one kernel generation."""
+
+    def __init__(
+        self,
+        generation: Generation | str = "6.8",
+        *,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        on_tlb_flush: Callable[[TlbFlush], None] | None = None,
+    ) -> None:
+        self.gen = generation if isinstance(generation, Generation) else generation_for(generation)
+        self.frames = PageFrames(max_frames)
+        self.swap = SwapSpace()
+        self.lru = LruAddBatches(self.gen.lru_batch_pages)
+        self.procs: dict[str, Process] = {}
+        self.pipes: dict[str, Holder] = {}
+        self.refs: dict[str, Holder] = {}
+        self.counters = Counters()
+        self.violations: list[Violation] = []
+        self._reported: set[tuple[str, ...]] = set()
+        self.step = 0
+        """The index of the operation being run, for violation reports."""
+        self.on_tlb_flush = on_tlb_flush
+        self._next_pid = 1
+
+    # ------------------------------------------------------------------
+    # processes and regions
+    # ------------------------------------------------------------------
+    def process(self, name: str, *, create: bool = False) -> Process:
+        """The live process called ``name`` (created if asked and unknown)."""
+        existing = self.procs.get(name)
+        if existing is not None:
+            if not existing.alive:
+                raise KernelOpError("proc", f"process {name!r} has exited")
+            return existing
+        if not create:
+            raise KernelOpError("proc", f"no process {name!r}")
+        return self._new_process(name, MM())
+
+    def _new_process(self, name: str, mm: MM) -> Process:
+        if name in self.procs:
+            raise KernelOpError("child", f"process name {name!r} is already used")
+        created = Process(name=name, pid=self._next_pid, mm=mm)
+        self._next_pid += 1
+        self.procs[name] = created
+        return created
+
+    def vma(self, proc_name: str, region: str) -> tuple[Process, VMA]:
+        owner = self.process(proc_name)
+        found = owner.mm.vmas.get(region)
+        if found is None:
+            raise KernelOpError("region", f"region {region!r} is not mapped in {proc_name!r}")
+        return owner, found
+
+    @staticmethod
+    def select(vma: VMA, pages: Sequence[int] | npt.ArrayLike | None) -> PageIndex:
+        """Page indices of a region: all of it, or the given ones (checked, in order, unique)."""
+        if pages is None:
+            return np.arange(vma.npages, dtype=np.int64)
+        index = np.unique(np.asarray(pages, dtype=np.int64))
+        if index.size and (index[0] < 0 or index[-1] >= vma.npages):
+            bad = int(index[0] if index[0] < 0 else index[-1])
+            raise KernelOpError(
+                "pages", f"page {bad} is outside region {vma.region!r} of {vma.npages} pages"
+            )
+        return index
+
+    # ------------------------------------------------------------------
+    # references
+    # ------------------------------------------------------------------
+    def get_page(self, frames: FrameArray, amount: int = 1) -> None:
+        """Take references (frames unique, zero page ignored)."""
+        frames = frames[frames != ZERO_PFN]
+        self.frames.refcount[frames] += amount
+
+    def put_page(self, frames: FrameArray, amount: int = 1) -> None:
+        """Drop references; frames reaching zero are freed (frames unique, zero page ignored)."""
+        frames = frames[frames != ZERO_PFN]
+        if frames.size == 0:
+            return
+        refcount = self.frames.refcount
+        refcount[frames] -= amount
+        dead = frames[refcount[frames] == 0]
+        if dead.size:
+            self.frames.free(dead)
+            self.counters.add("pages_freed", dead.size)
+
+    def alloc_pages(self, count: int, flags: np.uint8, content: npt.ArrayLike = 0) -> FrameArray:
+        frames = self.frames.alloc(count, flags, content)
+        self.counters.add("pages_allocated", count)
+        return frames
+
+    # ------------------------------------------------------------------
+    # LRU-add batches
+    # ------------------------------------------------------------------
+    def lru_cache_add(self, frames: FrameArray, cpu: int) -> None:
+        """lru_cache_add() for new pages, in order: the batch takes a reference on each."""
+        if frames.size == 0:
+            return
+        old_flushed, new_kept = self.lru.add(cpu, frames)
+        self.frames.set(new_kept, PG_lru_batch)
+        self.get_page(new_kept)
+        self._release_batch_refs(old_flushed)
+
+    def lru_add_drain(self, cpu: int | None = None) -> None:
+        """lru_add_drain(): flush one CPU's batch, or every CPU's."""
+        for each in [cpu] if cpu is not None else self.lru.cpus():
+            self._release_batch_refs(self.lru.drain(each))
+
+    def _release_batch_refs(self, frames: FrameArray) -> None:
+        if frames.size:
+            self.frames.clear(frames, PG_lru_batch)
+            self.put_page(frames)
+
+    def batch_sensitive(self, frames: FrameArray) -> npt.NDArray[np.bool_]:
+        """Frames whose reuse decision can depend on the LRU-add batch: those in one now."""
+        safe = np.where(frames > 0, frames, 0)
+        return (frames > 0) & self.frames.test(safe, PG_lru_batch)
+
+    # ------------------------------------------------------------------
+    # TLB flushes
+    # ------------------------------------------------------------------
+    def flush_tlb(self, mm: MM, kind: str, *, count: int = 1, pages: int = 1, cpu: int = 0) -> None:
+        """Record TLB flushes (``flush_tlb_page``/``_range``/``_mm``) and the IPIs they need."""
+        if count <= 0:
+            return
+        remote = len(mm.cpus - {cpu})
+        self.counters.add("tlb_flushes", count)
+        self.counters.add(f"tlb_flushes_{kind}", count)
+        self.counters.add("tlb_flush_ipis", count * remote)
+        if self.on_tlb_flush is not None:
+            self.on_tlb_flush(TlbFlush(mm, kind, count, pages, cpu, remote))
+
+    # ------------------------------------------------------------------
+    # violations
+    # ------------------------------------------------------------------
+    def report(self, kind: str, key: tuple[str, ...], **details: object) -> None:
+        """Record a violation once per (kind, key)."""
+        full_key = (kind, *key)
+        if full_key in self._reported:
+            return
+        self._reported.add(full_key)
+        self.violations.append(Violation(kind=kind, step=self.step, **details))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------
+    # system calls
+    # ------------------------------------------------------------------
+    def mmap(self, proc_name: str, region: str, npages: int, *, shared: bool = False,
+             populate: bool = False, cpu: int = 0) -> None:
+        """mmap(MAP_PRIVATE|MAP_ANONYMOUS) (or MAP_SHARED) of ``npages`` pages."""
+        if not 0 < npages <= MAX_REGION_PAGES:
+            raise KernelOpError("pages", f"a region needs 1 to {MAX_REGION_PAGES:,} pages, not {npages}")
+        owner = self.process(proc_name, create=True)
+        if region in owner.mm.vmas:
+            raise KernelOpError("region", f"region {region!r} is already mapped in {proc_name!r}")
+        if self.frames.nr_in_use + npages > self.frames.max_frames and populate:
+            raise CapacityError(
+                f"populating {npages:,} pages exceeds the model's {self.frames.max_frames:,} frames"
+            )
+        vma = VMA.new(region, npages, shared)
+        owner.mm.vmas[region] = vma
+        if populate:
+            # MAP_POPULATE faults every page in for write (zero-filled pages).
+            fault.fault_in_writable(self, owner, vma, self.select(vma, None), cpu=cpu)
+
+    def munmap(self, proc_name: str, region: str, *, cpu: int = 0) -> None:
+        owner, vma = self.vma(proc_name, region)
+        madvise.zap_pages(self, owner, vma, self.select(vma, None), cpu=cpu)
+        madvise.release_vma(self, vma)
+        del owner.mm.vmas[region]
+
+    def write(self, proc_name: str, region: str, pages: npt.ArrayLike | None, value: int,
+              *, cpu: int = 0) -> None:
+        """The CPU stores ``value`` into each page (faulting as needed)."""
+        owner, vma = self.vma(proc_name, region)
+        index = self.select(vma, pages)
+        if vma.prot is not Prot.READ_WRITE:
+            raise KernelOpError(
+                "region", f"{proc_name!r} writes region {region!r} mapped PROT_{vma.prot.name}: SIGSEGV"
+            )
+        fault.fault_in_writable(self, owner, vma, index, cpu=cpu)
+        frames = vma.pfn[index]
+        oracles.check_store(self, owner, frames, index, vma, writer_label=proc_name)
+        self.frames.content[frames] = value
+        fault.mark_written(vma, index)
+
+    def read(self, proc_name: str, region: str, pages: npt.ArrayLike | None = None,
+             *, cpu: int = 0) -> npt.NDArray[np.uint32]:
+        """The CPU loads each page (faulting as needed); returns the values seen."""
+        owner, vma = self.vma(proc_name, region)
+        index = self.select(vma, pages)
+        if vma.prot is Prot.NONE:
+            raise KernelOpError("region", f"{proc_name!r} reads region {region!r} mapped PROT_NONE: SIGSEGV")
+        fault.fault_in_readable(self, owner, vma, index, cpu=cpu)
+        result: npt.NDArray[np.uint32] = self.frames.content[vma.pfn[index]]
+        return result
+
+    def fork(self, proc_name: str, child_name: str, *, cpu: int = 0) -> None:
+        parent = self.process(proc_name)
+        child = self._new_process(child_name, MM())
+        fork.dup_mmap(self, parent, child, cpu=cpu)
+
+    def exit(self, proc_name: str, *, cpu: int = 0) -> None:
+        owner = self.process(proc_name)
+        any_present = False
+        for vma in list(owner.mm.vmas.values()):
+            any_present |= madvise.zap_pages(self, owner, vma, self.select(vma, None), cpu=cpu,
+                                             flush=False)
+            madvise.release_vma(self, vma)
+        if any_present:
+            self.flush_tlb(owner.mm, "mm", cpu=cpu)
+        owner.mm.vmas.clear()
+        owner.alive = False
+
+    def mprotect(self, proc_name: str, region: str, prot: Prot | str, *, cpu: int = 0) -> None:
+        owner, vma = self.vma(proc_name, region)
+        protect.mprotect(self, owner, vma, Prot(prot), cpu=cpu)
+
+    def madvise(self, proc_name: str, region: str, advice: str,
+                pages: npt.ArrayLike | None = None, *, cpu: int = 0) -> None:
+        owner, vma = self.vma(proc_name, region)
+        madvise.madvise(self, owner, vma, advice, pages, cpu=cpu)
+
+    def clear_refs(self, proc_name: str, kind: str = "soft_dirty", *, cpu: int = 0) -> None:
+        owner = self.process(proc_name)
+        if kind != "soft_dirty":
+            raise KernelOpError("type", f"clear_refs type {kind!r} is not modelled (only soft_dirty)")
+        proc.clear_refs_soft_dirty(self, owner, cpu=cpu)
+
+    def pagemap(self, proc_name: str, region: str,
+                pages: npt.ArrayLike | None = None) -> dict[str, npt.NDArray[np.bool_]]:
+        owner, vma = self.vma(proc_name, region)
+        return proc.pagemap(self, owner, vma, self.select(vma, pages))
+
+    def uffd_register(self, proc_name: str, region: str) -> None:
+        _owner, vma = self.vma(proc_name, region)
+        protect.uffd_register(vma)
+
+    def uffd_wp(self, proc_name: str, region: str, pages: npt.ArrayLike | None, protect_: bool,
+                *, cpu: int = 0) -> None:
+        owner, vma = self.vma(proc_name, region)
+        protect.uffd_writeprotect(self, owner, vma, self.select(vma, pages), protect_, cpu=cpu)
+
+    # -- GUP users -------------------------------------------------------
+    def gup(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
+            *, write: bool = False, cpu: int = 0) -> None:
+        """get_user_pages() with FOLL_GET, references held under ``ref_id``."""
+        self._take(proc_name, region, pages, ref_id, label="gup", pin=False, write=write,
+                   longterm=False, cpu=cpu)
+
+    def pin(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
+            *, write: bool = True, longterm: bool = True, cpu: int = 0) -> None:
+        """pin_user_pages() with FOLL_PIN, pins held under ``ref_id``."""
+        self._take(proc_name, region, pages, ref_id, label="pin", pin=True, write=write,
+                   longterm=longterm, cpu=cpu)
+
+    def odirect_read(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
+                     *, cpu: int = 0) -> None:
+        """Start an O_DIRECT read into the pages: GUP for write (FOLL_PIN from 6.4)."""
+        self._take(proc_name, region, pages, ref_id, label="odirect_read",
+                   pin=self.gen.odirect_uses_pin, write=True, longterm=False, cpu=cpu)
+
+    def odirect_write(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
+                      *, cpu: int = 0) -> None:
+        """Start an O_DIRECT write from the pages: read-only GUP (FOLL_PIN from 6.4)."""
+        self._take(proc_name, region, pages, ref_id, label="odirect_write",
+                   pin=self.gen.odirect_uses_pin, write=False, longterm=False, cpu=cpu)
+
+    def io_uring_register(self, proc_name: str, region: str, pages: npt.ArrayLike | None,
+                          ref_id: str, *, cpu: int = 0) -> None:
+        """io_uring_register_buffers(): FOLL_PIN|FOLL_WRITE|FOLL_LONGTERM."""
+        self._take(proc_name, region, pages, ref_id, label="io_uring", pin=True, write=True,
+                   longterm=True, cpu=cpu)
+
+    def vmsplice(self, proc_name: str, region: str, pages: npt.ArrayLike | None, pipe: str,
+                 *, cpu: int = 0) -> None:
+        """vmsplice() the pages into a pipe: R/O FOLL_GET references the pipe holds."""
+        owner, vma = self.vma(proc_name, region)
+        holder = self.pipes.setdefault(pipe, Holder(name=pipe, is_pipe=True))
+        gup.get_user_pages(self, owner, vma, self.select(vma, pages), holder, label="vmsplice",
+                           pin=False, write=False, longterm=False, cpu=cpu)
+
+    def _take(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str, *,
+              label: str, pin: bool, write: bool, longterm: bool, cpu: int) -> None:
+        owner, vma = self.vma(proc_name, region)
+        holder = self.refs.setdefault(ref_id, Holder(name=ref_id, is_pipe=False))
+        gup.get_user_pages(self, owner, vma, self.select(vma, pages), holder, label=label,
+                           pin=pin, write=write, longterm=longterm, cpu=cpu)
+
+    def release(self, ref_id: str) -> None:
+        """put_page()/unpin_user_page() for everything held under ``ref_id``."""
+        holder = self.refs.pop(ref_id, None)
+        if holder is None:
+            raise KernelOpError("id", f"nothing is held under id {ref_id!r}")
+        gup.release(self, holder)
+
+    def holder(self, ref_id: str) -> Holder:
+        found = self.refs.get(ref_id)
+        if found is None:
+            raise KernelOpError("id", f"nothing is held under id {ref_id!r}")
+        return found
+
+    def pipe(self, name: str) -> Holder:
+        found = self.pipes.get(name)
+        if found is None:
+            raise KernelOpError("pipe", f"no pipe {name!r}")
+        return found
+
+    def dma_write(self, ref_id: str, value: int) -> None:
+        """The device writes ``value`` into every frame held under ``ref_id``."""
+        gup.dma_write(self, self.holder(ref_id), value)
+
+    def dma_read(self, ref_id: str) -> npt.NDArray[np.uint32]:
+        """The device reads the frames held under ``ref_id``."""
+        result: npt.NDArray[np.uint32] = self.frames.content[self.holder(ref_id).all_frames()]
+        return result
+
+    # -- observation without side effects ----------------------------------
+    def frames_at(self, proc_name: str, region: str,
+                  pages: npt.ArrayLike | None = None) -> FrameArray:
+        """The frame each page maps now (a swapped page: its swap-cache frame), or -1."""
+        _owner, vma = self.vma(proc_name, region)
+        index = self.select(vma, pages)
+        frames = vma.pfn[index].copy()
+        swapped = vma.swapped(index)
+        frames[swapped] = self.swap.cache_frame[frames[swapped]]
+        return frames
+
+    def peek(self, proc_name: str, region: str,
+             pages: npt.ArrayLike | None = None) -> npt.NDArray[np.uint32]:
+        """What a load would return, without faulting: 0 for untouched pages, swap data for
+        pages out on swap."""
+        _owner, vma = self.vma(proc_name, region)
+        index = self.select(vma, pages)
+        frames = self.frames_at(proc_name, region, index)
+        values = self.frames.content[np.where(frames > 0, frames, 0)]
+        out_on_swap = vma.swapped(index) & (frames < 0)
+        values[out_on_swap] = self.swap.content[vma.pfn[index][out_on_swap]]
+        return values
+
+    # ------------------------------------------------------------------
+    # oracles and accounting
+    # ------------------------------------------------------------------
+    def end_step(self) -> None:
+        """Run the after-step oracles (pin_diverged, stale_pin)."""
+        oracles.check_pins(self)
+
+    def model_nbytes(self) -> int:
+        """Bytes of numpy state held by the model (frames, page tables, swap, batches)."""
+        total = self.frames.nbytes() + self.swap.nbytes() + self.lru.nbytes()
+        for owner in self.procs.values():
+            for vma in owner.mm.vmas.values():
+                total += vma.nbytes()
+        return total
+
+
+__all__ = ["Kernel", "KernelOpError", "PageIndex", "TlbFlush", "swap"]

@@ -1,0 +1,87 @@
+"""madvise() and zapping: MADV_DONTFORK/DOFORK/WIPEONFORK/KEEPONFORK/DONTNEED/PAGEOUT.
+
+Zapping a range (munmap, exit, MADV_DONTNEED) clears its PTEs: each present
+page loses a mapping (mapcount -1) and, after the TLB flush, the reference
+that mapping held; a page nothing else holds is freed.  A page that a pipe,
+a GUP reference or a pin still holds survives unmapped: the "orphaned GUP'd
+page" of the vmsplice scenarios.  Swap entries drop their swap count.
+
+The fork advice only flip VMA flags (and apply to the whole region here).
+MADV_PAGEOUT is in swap.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from cowsim.sim.kernel import swap
+from cowsim.sim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, VMA
+
+if TYPE_CHECKING:
+    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.mm import Process
+
+FLAG_ADVICE = {
+    "dontfork": (VM_DONTCOPY, True),
+    "dofork": (VM_DONTCOPY, False),
+    "wipeonfork": (VM_WIPEONFORK, True),
+    "keeponfork": (VM_WIPEONFORK, False),
+}
+ADVICE = (*FLAG_ADVICE, "dontneed", "pageout")
+
+
+def madvise(k: Kernel, owner: Process, vma: VMA, advice: str, pages: npt.ArrayLike | None,
+            cpu: int) -> None:
+    from cowsim.sim.kernel.kernel import KernelOpError  # noqa: PLC0415 - cycle
+
+    if advice in FLAG_ADVICE:
+        if pages is not None:
+            raise KernelOpError("pages", f"madvise {advice} applies to the whole region here; "
+                                         "omit pages")
+        flag, on = FLAG_ADVICE[advice]
+        if flag == VM_WIPEONFORK and vma.shared:
+            raise KernelOpError("advice", "MADV_WIPEONFORK needs a private region: EINVAL")
+        vma.vm_flags = vma.vm_flags | flag if on else vma.vm_flags & ~flag
+        return
+    index = k.select(vma, pages)
+    if advice == "dontneed":
+        zap_pages(k, owner, vma, index, cpu=cpu)
+    elif advice == "pageout":
+        swap.pageout(k, owner, vma, index, cpu=cpu)
+    else:
+        raise KernelOpError("advice", f"unknown advice {advice!r}; one of {', '.join(ADVICE)}")
+
+
+def zap_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int,
+              flush: bool = True) -> bool:
+    """zap_pte_range(): clear PTEs.  Returns whether any present PTE was cleared."""
+    pfn = vma.pfn[pages]
+    populated = pfn >= 0
+    swapped = vma.swapped(pages)
+    present = populated & ~swapped
+    frames = pfn[present]
+    slots = pfn[swapped]
+    vma.pfn[pages] = -1
+    vma.pte[pages] = 0
+    any_present = bool(present.any())
+    if any_present and flush:
+        k.flush_tlb(owner.mm, "range", pages=int(frames.size), cpu=cpu)
+    real = frames[frames > 0]
+    k.frames.mapcount[real] -= 1
+    k.put_page(real)
+    swap.free_swap_entries(k, slots)
+    return any_present
+
+
+def release_vma(k: Kernel, vma: VMA) -> None:
+    """The VMA is gone (munmap/exit): a shmem object with no users drops its pages."""
+    if vma.shmem is None:
+        return
+    vma.shmem.users -= 1
+    if vma.shmem.users == 0:
+        held = vma.shmem.frames[vma.shmem.frames >= 0]
+        vma.shmem.frames[:] = -1
+        k.put_page(np.sort(held))

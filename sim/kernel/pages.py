@@ -1,0 +1,182 @@
+"""Physical page frames, struct-of-arrays.
+
+Every simulated physical page ("frame", the kernel's ``struct page``) is one
+index into a few parallel numpy arrays, never a Python object: a 64 GiB
+process is 16.7 M frames, and the fault and fork paths update them with
+fancy indexing over index arrays.
+
+``refcount`` is the kernel's ``page_count()``.  It is kept exactly as the
+kernel keeps it, one number, which is why the page_count era can be fooled by
+it: +1 per page-table mapping, +1 while in the swap cache, +1 while sitting in
+a per-CPU LRU-add batch, +1 per FOLL_GET reference or pipe buffer, and
+``GUP_PIN_COUNTING_BIAS`` (1024) per FOLL_PIN on a small page.  ``mapcount``
+is ``page_mapcount()``: the number of page-table entries mapping the frame.
+``content`` is a value standing for the page's 4 KiB of data, so that what a
+process, a pipe or a device sees can be checked.
+
+Frame 0 is the shared zero page: mapped read-only for reads of untouched
+anonymous memory, never refcounted (like the kernel's ``ZERO_PAGE``), never
+freed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+ZERO_PFN = 0
+"""The frame of the shared zero page."""
+
+GUP_PIN_COUNTING_BIAS = 1024
+"""What one FOLL_PIN adds to a small page's refcount (``include/linux/mm.h``)."""
+
+# Page flags (one byte per frame).
+PG_anon = np.uint8(1 << 0)
+"""An anonymous page (else a shmem page of a MAP_SHARED anonymous region)."""
+PG_anon_exclusive = np.uint8(1 << 1)
+"""PageAnonExclusive (5.19+): the mapping process certainly owns it alone."""
+PG_swapcache = np.uint8(1 << 2)
+"""In the swap cache; the swap cache holds one reference."""
+PG_lru_batch = np.uint8(1 << 3)
+"""In a per-CPU LRU-add batch (pagevec / folio_batch), which holds one reference."""
+PG_buddy = np.uint8(1 << 4)
+"""Free, back in the allocator."""
+
+IntArray = npt.NDArray[np.int64]
+FrameArray = npt.NDArray[np.int32]
+
+
+class CapacityError(ValueError):
+    """The model was asked to hold more pages than it may."""
+
+
+class PageFrames:
+    """All physical frames: refcount, mapcount, content and flags, plus a free pool.
+
+    Frames are allocated lowest-free-first from a stack of freed frames, then
+    from never-used ones; arrays grow geometrically.  ``max_frames`` bounds the
+    model so that a huge request fails with :class:`CapacityError` before any
+    memory is taken.
+    """
+
+    def __init__(self, max_frames: int, initial_capacity: int = 1024) -> None:
+        self.max_frames = max_frames
+        capacity = max(2, min(initial_capacity, max_frames))
+        self.refcount = np.zeros(capacity, dtype=np.int32)
+        self.mapcount = np.zeros(capacity, dtype=np.int32)
+        self.content = np.zeros(capacity, dtype=np.uint32)
+        self.flags = np.zeros(capacity, dtype=np.uint8)
+        self.swap_slot: FrameArray | None = None
+        """page->private: the swap slot of a swap-cache frame; created on first swap use."""
+        self.nr_used = 1  # frame 0 is the zero page
+        self._free = np.zeros(0, dtype=np.int32)
+        self._nr_free = 0
+        self.allocated_total = 0
+        self.freed_total = 0
+
+    # -- capacity -------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return int(self.refcount.shape[0])
+
+    @property
+    def nr_in_use(self) -> int:
+        """Frames currently allocated (excluding the zero page)."""
+        return self.nr_used - 1 - self._nr_free
+
+    def _grow(self, needed: int) -> None:
+        if needed > self.max_frames:
+            raise CapacityError(
+                f"the model would need {needed:,} page frames; its limit is {self.max_frames:,}"
+            )
+        new_capacity = min(self.max_frames, max(needed, self.capacity + self.capacity // 4))
+        for name in ("refcount", "mapcount", "content", "flags"):
+            old = getattr(self, name)
+            grown = np.zeros(new_capacity, dtype=old.dtype)
+            grown[: old.shape[0]] = old
+            setattr(self, name, grown)
+        if self.swap_slot is not None:
+            grown_slots = np.full(new_capacity, -1, dtype=np.int32)
+            grown_slots[: self.swap_slot.shape[0]] = self.swap_slot
+            self.swap_slot = grown_slots
+
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more frames at once (avoids repeated growth)."""
+        needed = self.nr_used + max(0, extra - self._nr_free)
+        if needed > self.capacity:
+            self._grow(needed)
+
+    def ensure_swap_slots(self) -> FrameArray:
+        if self.swap_slot is None:
+            self.swap_slot = np.full(self.capacity, -1, dtype=np.int32)
+        return self.swap_slot
+
+    # -- allocation -------------------------------------------------------
+    def alloc(self, count: int, flags: np.uint8, content: npt.ArrayLike = 0) -> FrameArray:
+        """Allocate ``count`` frames with refcount 0, mapcount 0, the given flags and content."""
+        if count <= 0:
+            return np.zeros(0, dtype=np.int32)
+        from_free = min(count, self._nr_free)
+        fresh = count - from_free
+        if self.nr_used + fresh > self.capacity:
+            self._grow(self.nr_used + fresh)
+        parts = []
+        if from_free:
+            parts.append(self._free[self._nr_free - from_free : self._nr_free][::-1].copy())
+            self._nr_free -= from_free
+        if fresh:
+            parts.append(np.arange(self.nr_used, self.nr_used + fresh, dtype=np.int32))
+            self.nr_used += fresh
+        frames = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self.refcount[frames] = 0
+        self.mapcount[frames] = 0
+        self.flags[frames] = flags
+        self.content[frames] = content
+        self.allocated_total += count
+        return frames
+
+    def free(self, frames: FrameArray) -> None:
+        """Return frames whose refcount reached zero to the allocator."""
+        if frames.size == 0:
+            return
+        self.flags[frames] = PG_buddy
+        self.content[frames] = 0
+        if self.swap_slot is not None:
+            self.swap_slot[frames] = -1
+        end = self._nr_free + frames.size
+        if end > self._free.shape[0]:
+            grown = np.zeros(max(end, 2 * self._free.shape[0], 64), dtype=np.int32)
+            grown[: self._nr_free] = self._free[: self._nr_free]
+            self._free = grown
+        # Push in reverse so that the lowest-numbered freed frame is reused first.
+        self._free[self._nr_free : end] = np.sort(frames)[::-1]
+        self._nr_free = end
+        self.freed_total += int(frames.size)
+
+    # -- flags ----------------------------------------------------------------
+    def test(self, frames: FrameArray, flag: np.uint8) -> npt.NDArray[np.bool_]:
+        return (self.flags[frames] & flag) != 0
+
+    def set(self, frames: FrameArray, flag: np.uint8) -> None:
+        self.flags[frames] |= flag
+
+    def clear(self, frames: FrameArray, flag: np.uint8) -> None:
+        self.flags[frames] &= np.uint8(~flag & 0xFF)
+
+    def maybe_dma_pinned(self, frames: FrameArray) -> npt.NDArray[np.bool_]:
+        """page_maybe_dma_pinned() for small pages: refcount >= GUP_PIN_COUNTING_BIAS.
+
+        It has false positives: 1024 ordinary references (pipe buffers, say)
+        look like a pin.
+        """
+        return self.refcount[frames] >= GUP_PIN_COUNTING_BIAS
+
+    def is_free(self, frames: FrameArray) -> npt.NDArray[np.bool_]:
+        return self.test(frames, PG_buddy)
+
+    def nbytes(self) -> int:
+        total = self.refcount.nbytes + self.mapcount.nbytes + self.content.nbytes
+        total += self.flags.nbytes + self._free.nbytes
+        if self.swap_slot is not None:
+            total += self.swap_slot.nbytes
+        return total

@@ -1,0 +1,72 @@
+"""/proc/PID/clear_refs (type 4, soft-dirty) and /proc/PID/pagemap.
+
+Soft-dirty tracking (CRIU incremental dumps, live migration) works by
+write-protecting every PTE and clearing its soft-dirty bit; the next write to
+each page then faults, and the fault sets soft-dirty again.  ``echo 4 >
+clear_refs`` also clears VM_SOFTDIRTY on every VMA (that flag, when set,
+reports every page soft-dirty).
+
+The write-protection is what collides with GUP: in 5.9–5.18 the next write
+copies a page that a FOLL_GET reference (O_DIRECT) holds, and in 5.9–5.10 one
+that a pin holds.  Since 5.11 (9348b73c2e1b) clear_refs skips writable PTEs of
+maybe-pinned pages in an mm that has pinned: they stay writable and, their
+soft-dirty bit untouched, are always reported dirty.  The TLB flush after the
+walk: ≤5.4 a full mmu_gather flush, 5.5–5.11 none (0758cd830494), ≈5.12+ one
+``flush_tlb_mm``.
+
+``pagemap`` reports, per page: present, swapped, soft-dirty (PTE bit or
+VM_SOFTDIRTY) and PM_MMAP_EXCLUSIVE (mapcount == 1).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from cowsim.sim.kernel.generations import ClearRefsFlush
+from cowsim.sim.kernel.mm import _PAGE_RW, _PAGE_SOFT_DIRTY, VM_SOFTDIRTY, VMA, WpCause, with_cause
+from cowsim.sim.kernel.pages import ZERO_PFN
+
+if TYPE_CHECKING:
+    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.mm import Process
+
+
+def clear_refs_soft_dirty(k: Kernel, owner: Process, cpu: int) -> None:
+    """echo 4 > /proc/PID/clear_refs."""
+    for vma in owner.mm.vmas.values():
+        vma.vm_flags &= ~VM_SOFTDIRTY
+        populated = np.flatnonzero(vma.pfn >= 0)
+        if populated.size == 0:
+            continue
+        present = populated[vma.present(populated)]
+        swapped = populated[vma.swapped(populated)]
+        vma.pte[swapped] &= ~_PAGE_SOFT_DIRTY
+        pte = vma.pte[present]
+        protect = np.ones(present.size, dtype=bool)
+        if k.gen.clear_refs_skips_pinned and vma.is_cow_mapping and owner.mm.has_pinned:
+            frames = vma.pfn[present]
+            real = frames != ZERO_PFN
+            pinned = real & k.frames.maybe_dma_pinned(np.where(real, frames, 0))
+            protect &= ~(((pte & _PAGE_RW) != 0) & pinned)
+        chosen = present[protect]
+        old = vma.pte[chosen]
+        was_writable = (old & _PAGE_RW) != 0
+        cleared = old & ~(_PAGE_RW | _PAGE_SOFT_DIRTY)
+        vma.pte[chosen] = np.where(was_writable, with_cause(cleared, WpCause.CLEAR_REFS), cleared)
+    if k.gen.clear_refs_flush is not ClearRefsFlush.NONE:
+        k.flush_tlb(owner.mm, "mm", cpu=cpu)
+
+
+def pagemap(k: Kernel, owner: Process, vma: VMA,
+            pages: PageIndex) -> dict[str, npt.NDArray[np.bool_]]:
+    """The pagemap bits of each page: present, swapped, soft_dirty, exclusive."""
+    present = vma.present(pages)
+    swapped = vma.swapped(pages)
+    soft = ((vma.pte[pages] & _PAGE_SOFT_DIRTY) != 0) | bool(vma.vm_flags & VM_SOFTDIRTY)
+    frames = vma.pfn[pages]
+    real = present & (frames != ZERO_PFN)
+    exclusive = real & (k.frames.mapcount[np.where(real, frames, 0)] == 1)
+    return {"present": present, "swapped": swapped, "soft_dirty": soft, "exclusive": exclusive}
