@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from cowsim.sim.kernel.fault import in_runs
 from cowsim.sim.kernel.mm import (
@@ -40,7 +41,7 @@ from cowsim.sim.kernel.mm import (
     WpCause,
     with_cause,
 )
-from cowsim.sim.kernel.pages import PG_anon, PG_anon_exclusive, ZERO_PFN
+from cowsim.sim.kernel.pages import PG_anon, PG_anon_exclusive, ZERO_PFN, FrameSet
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel, PageIndex
@@ -54,7 +55,8 @@ def dup_mmap(k: Kernel, parent: Process, child: Process, cpu: int) -> None:
     for region, vma in parent.mm.vmas.items():
         if vma.vm_flags & VM_DONTCOPY:
             continue
-        child_vma = VMA.new(region, vma.npages, vma.shared)
+        copies_ptes = not (vma.shared or vma.vm_flags & VM_WIPEONFORK)
+        child_vma = VMA.new(region, vma.npages, vma.shared, initialized=not copies_ptes)
         child_vma.prot = vma.prot
         child_vma.vm_flags = vma.vm_flags & ~VM_UFFD_WP  # the uffd context is not inherited
         if vma.shared:
@@ -64,65 +66,111 @@ def dup_mmap(k: Kernel, parent: Process, child: Process, cpu: int) -> None:
         child.mm.vmas[region] = child_vma
         if vma.shared or vma.vm_flags & VM_WIPEONFORK:
             continue
-        populated = np.flatnonzero(vma.pfn >= 0)
-        if populated.size:
-            # Pages are walked in order; a page in an LRU-add batch is its own run.
+        if _copy_whole_fast(k, parent, vma, child_vma):
+            wrprotected = True
+            continue
+        child_vma.pfn.fill(-1)
+        child_vma.pte.fill(0)
+        if k.gen.fork_copies_pinned and parent.mm.has_pinned:
+            # The early-copy test reads refcounts, which LRU-batch flushes change: walk in
+            # order, a page in a batch being a run of its own.
+            populated = np.flatnonzero(vma.pfn >= 0)
+            wrprotected |= populated.size > 0
             in_runs(k, vma, populated,
                     lambda run, v=vma, c=child_vma: _copy_run(k, parent, v, c, run, cpu))
-            wrprotected = True
+        else:
+            wrprotected |= _copy_run(k, parent, vma, child_vma, None, cpu)
     if wrprotected:
         k.flush_tlb(parent.mm, "mm", cpu=cpu)
 
 
-def _copy_run(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex, cpu: int) -> None:
-    pte = src.pte[pages]
-    pfn = src.pfn[pages]
-    swapped = (pte & _PAGE_SWAP) != 0
-    present = ~swapped
-    keep_in_child = ~_PAGE_UFFD_WP  # child VMA is not uffd-registered
-    # Swap entries: share the slot; the exclusive marker is lost on both sides.
+def _copy_run(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex | None,
+              cpu: int) -> bool:
+    """copy_pte_range() over ``pages`` (None: the whole VMA, without index arrays).
+    Returns whether any PTE was populated."""
+    every = slice(None) if pages is None else pages
+    pfn = src.pfn[every]
+    pte = src.pte[every]
+    swapped = pte >= _PAGE_SWAP
+    keep_in_child = ~_PAGE_UFFD_WP  # the child VMA is not uffd-registered
     if swapped.any():
-        swap_pages = pages[swapped]
+        # Swap entries: share the slot; the exclusive marker is lost on both sides.
+        swap_pages = _positions(pages, swapped)
         np.add.at(k.swap.count, pfn[swapped], 1)
         src.pte[swap_pages] &= ~_PAGE_SWP_EXCLUSIVE
-        dst.pfn[swap_pages] = pfn[swapped]
+        dst.pfn[swap_pages] = src.pfn[swap_pages]
         dst.pte[swap_pages] = src.pte[swap_pages] & keep_in_child
+    any_swapped = bool(swapped.any())
+    present = (pfn >= 0) & ~swapped if any_swapped else pfn >= 0
     if not present.any():
-        return
-    pages, pfn, pte = pages[present], pfn[present], pte[present]
-    frames = k.frames
-    early = np.zeros(pages.size, dtype=bool)
-    real = pfn != ZERO_PFN
-    if k.gen.fork_copies_pinned and parent.mm.has_pinned:
-        early[real] = frames.maybe_dma_pinned(pfn[real]) & frames.test(pfn[real], PG_anon)
+        return any_swapped
+    real = present & (pfn != ZERO_PFN)
+    early = np.zeros(pfn.shape[0], dtype=bool)
+    if k.gen.fork_copies_pinned and parent.mm.has_pinned and real.any():
+        candidates = pfn[real]
+        pinned = k.frames.maybe_dma_pinned(candidates) & k.frames.test(candidates, PG_anon)
         if k.gen.anon_exclusive:
             # 5.19+: only an exclusive page can be pinned; a shared one stays shared.
-            early[real] &= frames.test(pfn[real], PG_anon_exclusive)
+            pinned &= k.frames.test(candidates, PG_anon_exclusive)
+        early[real] = pinned
     if early.any():
-        # copy_present_page(): the child gets its own copy now; the parent keeps its PTE.
-        early_pages = pages[early]
-        flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
-        new = k.alloc_pages(int(early_pages.size), np.uint8(flags), frames.content[pfn[early]])
-        frames.mapcount[new] = 1
-        frames.refcount[new] = 1
-        dst.pfn[early_pages] = new
-        child_bits = _PAGE_DIRTY | _PAGE_SOFT_DIRTY | (_PAGE_RW if dst.writable else 0)
-        dst.pte[early_pages] = (pte[early] & _PAGE_SOFT_DIRTY) | np.uint16(child_bits)
-        k.counters.add("cow_copies", early_pages.size)
-        k.counters.add("cow_copies_fork_pinned", early_pages.size)
-        k.lru_cache_add(new, cpu)
-    share = ~early
-    if not share.any():
-        return
-    shared_pages, shared_pfn = pages[share], pfn[share]
-    shared_real = shared_pfn[shared_pfn != ZERO_PFN]
-    frames.mapcount[shared_real] += 1
-    k.get_page(shared_real)
+        _early_copy(k, src, dst, _positions(pages, early), cpu)
+        present &= ~early
+        real &= ~early
+    # Share: one more mapping of each page; write-protect both PTEs.
+    shared = FrameSet(pfn if real.all() else pfn[real])
+    k.get_page(shared, mapping=True)
     if k.gen.anon_exclusive:
-        frames.clear(shared_real, PG_anon_exclusive)
-    old = src.pte[shared_pages]
+        k.frames.clear(shared, PG_anon_exclusive)
+    share_at = every if present.all() else _positions(pages, present)
+    old = src.pte[share_at]
     writable = (old & _PAGE_RW) != 0
-    protected = np.where(writable, with_cause(old & ~_PAGE_RW, WpCause.FORK), old)
-    src.pte[shared_pages] = protected
-    dst.pfn[shared_pages] = shared_pfn
-    dst.pte[shared_pages] = protected & keep_in_child
+    protected = with_cause(old, WpCause.FORK, clear=int(_PAGE_RW))
+    if not writable.all():
+        protected = np.where(writable, protected, old)
+    src.pte[share_at] = protected
+    dst.pfn[share_at] = pfn if share_at is every else src.pfn[share_at]
+    dst.pte[share_at] = protected & keep_in_child
+    return True
+
+
+def _copy_whole_fast(k: Kernel, parent: Process, src: VMA, dst: VMA) -> bool:
+    """The common case with no index arrays at all: every PTE present, writable and mapping
+    a real page, and no early copy to consider (one reduction checks each condition)."""
+    pfn, pte = src.pfn, src.pte
+    if pfn.size == 0 or (k.gen.fork_copies_pinned and parent.mm.has_pinned):
+        return False
+    lowest = int(pfn.min())
+    if lowest <= ZERO_PFN or pte.max() >= _PAGE_SWAP:
+        return False
+    if not np.bitwise_and.reduce(pte) & _PAGE_RW:
+        return False
+    shared = FrameSet(pfn, lowest=lowest)
+    k.get_page(shared, mapping=True)
+    if k.gen.anon_exclusive:
+        k.frames.clear(shared, PG_anon_exclusive)
+    src.pte = with_cause(pte, WpCause.FORK, clear=int(_PAGE_RW))
+    dst.pte = src.pte & ~_PAGE_UFFD_WP if src.vm_flags & VM_UFFD_WP else src.pte.copy()
+    dst.pfn = pfn.copy()
+    return True
+
+
+def _positions(pages: PageIndex | None, mask: npt.NDArray[np.bool_]) -> PageIndex:
+    """Page numbers where ``mask`` holds, for a run (``pages``) or the whole VMA (None)."""
+    return np.flatnonzero(mask) if pages is None else pages[mask]
+
+
+def _early_copy(k: Kernel, src: VMA, dst: VMA, pages: PageIndex, cpu: int) -> None:
+    """copy_present_page(): the child gets its own copy now; the parent keeps its PTE."""
+    frames = k.frames
+    old = src.pfn[pages]
+    flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
+    new = k.alloc_pages(int(pages.size), np.uint8(flags), frames.content[old])
+    frames.mapcount[new] = 1
+    frames.refcount[new] = 1
+    dst.pfn[pages] = new
+    child_bits = _PAGE_DIRTY | _PAGE_SOFT_DIRTY | (_PAGE_RW if dst.writable else 0)
+    dst.pte[pages] = (src.pte[pages] & _PAGE_SOFT_DIRTY) | np.uint16(child_bits)
+    k.counters.add("cow_copies", pages.size)
+    k.counters.add("cow_copies_fork_pinned", pages.size)
+    k.lru_cache_add(new, cpu)

@@ -33,6 +33,7 @@ from cowsim.sim.kernel.pages import (
     ZERO_PFN,
     CapacityError,
     FrameArray,
+    FrameSet,
     PageFrames,
 )
 from cowsim.sim.kernel.swap import SwapSpace
@@ -43,6 +44,13 @@ DEFAULT_MAX_FRAMES = 1 << 27
 """Default bound on physical frames: 128 Mi frames = 512 GiB of simulated memory."""
 MAX_REGION_PAGES = 1 << 30
 """No single region may exceed 2^30 pages (4 TiB): int32 frame numbers stay valid."""
+
+
+def _no_zero(frames: FrameArray) -> FrameArray:
+    """The frames less the zero page (which is never refcounted)."""
+    if frames.size == 0 or frames.min() > ZERO_PFN:
+        return frames
+    return frames[frames != ZERO_PFN]
 
 
 class KernelOpError(ValueError):
@@ -127,7 +135,17 @@ class Kernel:
         """Page indices of a region: all of it, or the given ones (checked, in order, unique)."""
         if pages is None:
             return np.arange(vma.npages, dtype=np.int64)
-        index = np.unique(np.asarray(pages, dtype=np.int64))
+        if isinstance(pages, range):
+            if pages.step != 1 or pages.start < 0 or pages.stop > vma.npages:
+                bad = pages.start if pages.start < 0 else pages.stop - 1
+                raise KernelOpError(
+                    "pages", f"page {bad} is outside region {vma.region!r} of {vma.npages} pages"
+                )
+            return np.arange(pages.start, pages.stop, dtype=np.int64)
+        index = np.asarray(pages, dtype=np.int64).reshape(-1)
+        if index.size > 1 and not (index[1:] > index[:-1]).all():
+            index = np.sort(index)
+            index = index[np.concatenate(([True], index[1:] != index[:-1]))]
         if index.size and (index[0] < 0 or index[-1] >= vma.npages):
             bad = int(index[0] if index[0] < 0 else index[-1])
             raise KernelOpError(
@@ -138,19 +156,25 @@ class Kernel:
     # ------------------------------------------------------------------
     # references
     # ------------------------------------------------------------------
-    def get_page(self, frames: FrameArray, amount: int = 1) -> None:
-        """Take references (frames unique, zero page ignored)."""
-        frames = frames[frames != ZERO_PFN]
-        self.frames.refcount[frames] += amount
+    def get_page(self, frames: FrameArray | FrameSet, amount: int = 1, *,
+                 mapping: bool = False) -> None:
+        """Take references (frames unique, no zero page); with ``mapping`` also a mapcount."""
+        batch = frames if isinstance(frames, FrameSet) else FrameSet(_no_zero(frames))
+        batch.add(self.frames.refcount, amount)
+        if mapping:
+            batch.add(self.frames.mapcount, 1)
 
-    def put_page(self, frames: FrameArray, amount: int = 1) -> None:
-        """Drop references; frames reaching zero are freed (frames unique, zero page ignored)."""
-        frames = frames[frames != ZERO_PFN]
+    def put_page(self, frames: FrameArray, amount: int = 1, *, mapping: bool = False) -> None:
+        """Drop references (and with ``mapping`` a mapcount); frames reaching refcount zero are
+        freed (frames unique, zero page ignored)."""
+        frames = _no_zero(frames)
         if frames.size == 0:
             return
-        refcount = self.frames.refcount
-        refcount[frames] -= amount
-        dead = frames[refcount[frames] == 0]
+        batch = FrameSet(frames)
+        batch.add(self.frames.refcount, -amount)
+        if mapping:
+            batch.add(self.frames.mapcount, -1)
+        dead = frames[batch.gather(self.frames.refcount) == 0]
         if dead.size:
             self.frames.free(dead)
             self.counters.add("pages_freed", dead.size)

@@ -31,7 +31,7 @@ _PAGE_RW = np.uint16(1 << 0)
 _PAGE_DIRTY = np.uint16(1 << 1)
 _PAGE_SOFT_DIRTY = np.uint16(1 << 2)
 _PAGE_UFFD_WP = np.uint16(1 << 3)
-_PAGE_SWAP = np.uint16(1 << 4)
+_PAGE_SWAP = np.uint16(1 << 15)
 """Not a present PTE but a swap entry: ``pfn`` holds the swap slot."""
 _PAGE_SWP_EXCLUSIVE = np.uint16(1 << 5)
 
@@ -51,9 +51,9 @@ class WpCause(enum.IntEnum):
     UNSHARE = 6
 
 
-def with_cause(pte: PteArray, cause: WpCause) -> PteArray:
-    """The PTE bits with the read-only cause replaced."""
-    return (pte & ~WP_CAUSE_MASK) | np.uint16(int(cause) << WP_CAUSE_SHIFT)
+def with_cause(pte: PteArray, cause: WpCause, clear: int = 0) -> PteArray:
+    """The PTE bits less ``clear``, with the read-only cause replaced."""
+    return (pte & ~(WP_CAUSE_MASK | np.uint16(clear))) | np.uint16(int(cause) << WP_CAUSE_SHIFT)
 
 
 def cause_of(pte: PteArray) -> npt.NDArray[np.uint16]:
@@ -105,15 +105,18 @@ class VMA:
     shmem: ShmemObject | None = None
 
     @classmethod
-    def new(cls, region: str, npages: int, shared: bool) -> VMA:
+    def new(cls, region: str, npages: int, shared: bool, initialized: bool = True) -> VMA:
+        """A new VMA with empty PTEs (``initialized=False``: page tables the caller fills)."""
         return cls(
             region=region,
             npages=npages,
             shared=shared,
             prot=Prot.READ_WRITE,
             vm_flags=VM_SOFTDIRTY,  # mmap() sets VM_SOFTDIRTY on new VMAs
-            pfn=np.full(npages, -1, dtype=np.int32),
-            pte=np.zeros(npages, dtype=np.uint16),
+            pfn=np.full(npages, -1, dtype=np.int32) if initialized
+            else np.empty(npages, dtype=np.int32),
+            pte=np.zeros(npages, dtype=np.uint16) if initialized
+            else np.empty(npages, dtype=np.uint16),
             shmem=ShmemObject(npages) if shared else None,
         )
 
@@ -127,10 +130,10 @@ class VMA:
         return self.prot is Prot.READ_WRITE
 
     def present(self, pages: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        return (self.pfn[pages] >= 0) & ((self.pte[pages] & _PAGE_SWAP) == 0)
+        return (self.pfn[pages] >= 0) & (self.pte[pages] < _PAGE_SWAP)
 
     def swapped(self, pages: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        return (self.pte[pages] & _PAGE_SWAP) != 0
+        return self.pte[pages] >= _PAGE_SWAP  # the top bit
 
     def nbytes(self) -> int:
         total = self.pfn.nbytes + self.pte.nbytes

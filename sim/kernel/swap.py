@@ -122,6 +122,8 @@ def delete_from_swap_cache(k: Kernel, frames: FrameArray) -> None:
 def try_to_free_swap(k: Kernel, frames: FrameArray) -> npt.NDArray[np.bool_]:
     """try_to_free_swap(): drop swap-cache frames whose slot no swap PTE uses any more."""
     in_cache = k.frames.test(frames, PG_swapcache)
+    if not in_cache.any():
+        return in_cache
     slots = k.frames.ensure_swap_slots()[np.where(in_cache, frames, 0)]
     freeable = in_cache & (k.swap.count[np.where(in_cache, slots, 0)] == 0)
     delete_from_swap_cache(k, frames[freeable])
