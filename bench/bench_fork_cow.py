@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-
 from cowsim.sim.kernel import Kernel
 
 

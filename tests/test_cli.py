@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cowsim.clients.cli import main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cowsim.clients.cli import main
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 CHILD_UNMAP = str(SCENARIOS / "4.1-vmsplice-child-unmap.yaml")
@@ -36,7 +35,9 @@ def test_failing_kernel_exits_1_with_json(capsys: pytest.CaptureFixture[str]) ->
     result = json.loads(out)
     assert set(result) == {"scenario", "file", "kernel", "era", "ok", "expectations",
                            "violations", "counters"}
-    assert result["kernel"] == "5.4" and result["era"] == "A" and result["ok"] is False
+    assert result["kernel"] == "5.4"
+    assert result["era"] == "A"
+    assert result["ok"] is False
     failed = [e for e in result["expectations"] if not e["ok"]]
     assert failed == [{"step": 6, "ok": False, "expected": 0x11, "observed": 0x22,
                        "what": "pipe p"}]
@@ -49,7 +50,8 @@ def test_failing_kernel_exits_1_with_json(capsys: pytest.CaptureFixture[str]) ->
 def test_fixed_kernel_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "scenario", "run", CHILD_UNMAP, "--kernel", "5.10")
     assert code == 0
-    assert "PASS" in out and "5.10" in out
+    assert "PASS" in out
+    assert "5.10" in out
 
 
 def test_all_kernels_json_is_a_list_per_file_and_kernel(capsys: pytest.CaptureFixture[str]) -> None:
@@ -79,9 +81,11 @@ def test_scenario_default_kernel_and_era_names(capsys: pytest.CaptureFixture[str
     text = Path(CHILD_UNMAP).read_text() + '\nkernel: "5.4"\n'
     path = write(tmp_path, text)
     code, out, _ = run_cli(capsys, "scenario", "run", path, "--json")
-    assert code == 1 and json.loads(out)["kernel"] == "5.4"
+    assert code == 1
+    assert json.loads(out)["kernel"] == "5.4"
     code, out, _ = run_cli(capsys, "scenario", "run", path, "--kernel", "D", "--json")
-    assert code == 0 and json.loads(out)["kernel"] == "6.1"
+    assert code == 0
+    assert json.loads(out)["kernel"] == "6.1"
 
 
 def test_kernels_lists_generations(capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,7 +95,8 @@ def test_kernels_lists_generations(capsys: pytest.CaptureFixture[str]) -> None:
     assert [g["era"] for g in listed] == ["A", "A'", "B", "C", "C'", "D", "E"]
     assert listed[2]["rules"]["wp_reuse"] == "page_count"
     code, out, _ = run_cli(capsys, "kernels")
-    assert "09854ba94c6a" in out and "aa-mapcount" in out
+    assert "09854ba94c6a" in out
+    assert "aa-mapcount" in out
 
 
 @pytest.mark.parametrize(("text", "fragment"), [
@@ -122,16 +127,20 @@ def test_invalid_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str],
     code, out, err = run_cli(capsys, "scenario", "run", path)
     assert code == 2
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith("cowsim: ")
+    assert err.count("\n") == 1
+    assert err.startswith("cowsim: ")
     assert fragment in err
     assert path in err
 
 
 def test_bad_kernel_option_and_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "scenario", "run", CHILD_UNMAP, "--kernel", "9x")
-    assert code == 2 and "--kernel" in err and err.count("\n") == 1
+    assert code == 2
+    assert "--kernel" in err
+    assert err.count("\n") == 1
     code, _, err = run_cli(capsys, "scenario", "run", "/nonexistent.yaml")
-    assert code == 2 and "/nonexistent.yaml: cannot read file" in err
+    assert code == 2
+    assert "/nonexistent.yaml: cannot read file" in err
 
 
 def test_huge_sizes_are_refused_up_front(capsys: pytest.CaptureFixture[str],
@@ -140,7 +149,8 @@ def test_huge_sizes_are_refused_up_front(capsys: pytest.CaptureFixture[str],
             "  - {op: fork, proc: p, child: c}\n  - {op: write, proc: p, region: r, value: 1}\n")
     code, _, err = run_cli(capsys, "scenario", "run", write(tmp_path, text))
     assert code == 2
-    assert "step 0 (mmap): field 'pages'" in err and "model state" in err
+    assert "step 0 (mmap): field 'pages'" in err
+    assert "model state" in err
 
 
 def test_console_script_runs(tmp_path: Path) -> None:
@@ -204,6 +214,7 @@ def test_malformed_scenarios_never_traceback(capsys: pytest.CaptureFixture[str],
     assert code in (0, 1, 2)
     if code == 2:
         assert out == ""
-        assert err.count("\n") == 1 and err.startswith(f"cowsim: {path}")
+        assert err.count("\n") == 1
+        assert err.startswith(f"cowsim: {path}")
     else:
         json.loads(out)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cowsim.sim.kernel import Kernel, generation_for
 from cowsim.sim.kernel.mm import _PAGE_RW
 from cowsim.sim.kernel.pages import PG_anon_exclusive
@@ -59,7 +58,7 @@ def test_era_name_selects_its_representative(name: str, version: tuple[int, int]
 
 @pytest.mark.parametrize("bad", ["3.10", "five", "5", "", "5.x"])
 def test_unknown_kernel_names_are_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="kernel|version"):
+    with pytest.raises(ValueError, match=r"kernel|version"):
         generation_for(bad)
 
 
@@ -167,7 +166,8 @@ def test_exclusive_page_reused_despite_references(version: str) -> None:
     k.odirect_read("p", "buf", None, "dio")
     k.clear_refs("p")
     k.write("p", "buf", None, 0x22)
-    assert frame(k, "p") == f and k.counters["cow_copies"] == 0
+    assert frame(k, "p") == f
+    assert k.counters["cow_copies"] == 0
 
 
 @pytest.mark.parametrize("version", ALL)
@@ -178,7 +178,8 @@ def test_zero_page_read_then_write_copies(version: str) -> None:
     assert frame(k, "p") == 0  # the shared zero page
     k.write("p", "buf", [0], 5)
     assert k.counters["cow_copies_zero_page"] == 1
-    assert k.counters["faults_anonymous"] == 2 and k.counters["faults_wp"] == 1
+    assert k.counters["faults_anonymous"] == 2
+    assert k.counters["faults_wp"] == 1
 
 
 # -- §3.2 fork ------------------------------------------------------------------
@@ -325,7 +326,8 @@ def test_mprotect_clean_exclusive_page_needs_6_2(version: str, writable_after: b
     k = written_page(version)
     k.madvise("p", "buf", "pageout")
     k.read("p", "buf")
-    assert exclusive(k, frame(k, "p")) and not writable(k, "p")
+    assert exclusive(k, frame(k, "p"))
+    assert not writable(k, "p")
     k.mprotect("p", "buf", "r")
     k.mprotect("p", "buf", "rw")
     assert writable(k, "p") is writable_after

@@ -42,7 +42,7 @@ class Counters(dict[str, int]):
     """Cumulative counters; every name in COUNTER_NAMES is always present."""
 
     def __init__(self) -> None:
-        super().__init__({name: 0 for name in COUNTER_NAMES})
+        super().__init__(dict.fromkeys(COUNTER_NAMES, 0))
 
     def add(self, name: str, amount: int = 1) -> None:
         if amount:

@@ -36,12 +36,11 @@ walk would see them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
 from cowsim.sim.kernel import swap
 from cowsim.sim.kernel.generations import WpReuse
 from cowsim.sim.kernel.mm import (
@@ -57,12 +56,12 @@ from cowsim.sim.kernel.mm import (
     with_cause,
 )
 from cowsim.sim.kernel.pages import (
+    ZERO_PFN,
+    FrameArray,
     PG_anon,
     PG_anon_exclusive,
     PG_lru_batch,
     PG_swapcache,
-    ZERO_PFN,
-    FrameArray,
 )
 
 if TYPE_CHECKING:
@@ -82,28 +81,32 @@ _CAUSE_NAMES = {
 }
 
 
-def in_runs(k: Kernel, vma: VMA, pages: PageIndex,
-            handle: Callable[[PageIndex], None]) -> None:
-    """Call ``handle`` on consecutive runs of ``pages`` so that LRU-batch effects stay ordered.
+def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
+    """Consecutive runs of ``pages`` to handle in order, so that LRU-batch effects stay ordered.
 
     Every page whose current frame (or swap-cache frame) is in an LRU-add
     batch forms a run of its own; the pages between them form one run each.
+    The runs are produced lazily: handling one run changes the batches.
     """
     if pages.size == 0:
         return
     frames = decision_frames(k, vma, pages)
     sensitive = np.flatnonzero(k.batch_sensitive(frames))
-    if sensitive.size == 0:
-        handle(pages)
-        return
     start = 0
     for position in sensitive.tolist():  # at most one LRU batch's worth per CPU
         if position > start:
-            handle(pages[start:position])
-        handle(pages[position : position + 1])
+            yield pages[start:position]
+        yield pages[position : position + 1]
         start = position + 1
     if start < pages.size:
-        handle(pages[start:])
+        yield pages[start:]
+
+
+def in_runs(k: Kernel, vma: VMA, pages: PageIndex,
+            handle: Callable[[PageIndex], None]) -> None:
+    """Call ``handle`` on each of :func:`split_runs`."""
+    for run in split_runs(k, vma, pages):
+        handle(run)
 
 
 def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
@@ -135,7 +138,7 @@ def _write_run(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) 
     # Userfaultfd write-protected PTEs: the monitor un-protects, the write is retried.
     protected = pages[(vma.pte[pages] & _PAGE_UFFD_WP) != 0]
     if protected.size:
-        from cowsim.sim.kernel import protect  # noqa: PLC0415 - protect imports fault
+        from cowsim.sim.kernel import protect
 
         k.counters.fault("uffd_wp", protected.size)
         protect.uffd_writeprotect(k, owner, vma, protected, False, cpu=cpu)

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
-from cowsim.sim.kernel.fault import in_runs
+from cowsim.sim.kernel.fault import split_runs
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,
     _PAGE_RW,
@@ -41,7 +40,7 @@ from cowsim.sim.kernel.mm import (
     WpCause,
     with_cause,
 )
-from cowsim.sim.kernel.pages import PG_anon, PG_anon_exclusive, ZERO_PFN, FrameSet
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameSet, PG_anon, PG_anon_exclusive
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel, PageIndex
@@ -76,8 +75,8 @@ def dup_mmap(k: Kernel, parent: Process, child: Process, cpu: int) -> None:
             # order, a page in a batch being a run of its own.
             populated = np.flatnonzero(vma.pfn >= 0)
             wrprotected |= populated.size > 0
-            in_runs(k, vma, populated,
-                    lambda run, v=vma, c=child_vma: _copy_run(k, parent, v, c, run, cpu))
+            for run in split_runs(k, vma, populated):
+                _copy_run(k, parent, vma, child_vma, run, cpu)
         else:
             wrprotected |= _copy_run(k, parent, vma, child_vma, None, cpu)
     if wrprotected:

@@ -30,10 +30,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-
 from cowsim.sim.kernel import fault, oracles
 from cowsim.sim.kernel.mm import VMA, Prot
-from cowsim.sim.kernel.pages import PG_anon, PG_anon_exclusive, ZERO_PFN, FrameArray
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_anon_exclusive
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel, PageIndex
@@ -76,7 +75,7 @@ class Holder:
 def get_user_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, holder: Holder, *,
                    label: str, pin: bool, write: bool, longterm: bool, cpu: int) -> None:
     """__get_user_pages(): fault the pages in as the flags require, then reference them."""
-    from cowsim.sim.kernel.kernel import KernelOpError  # noqa: PLC0415 - cycle
+    from cowsim.sim.kernel.kernel import KernelOpError
 
     if vma.prot is Prot.NONE:
         raise KernelOpError("region", f"GUP on region {vma.region!r} mapped PROT_NONE: EFAULT")
@@ -133,7 +132,7 @@ def _put_chunk(k: Kernel, chunk: HeldChunk) -> None:
 
 def dma_write(k: Kernel, holder: Holder, value: int) -> None:
     """The device writes into the held frames (on behalf of each chunk's owner)."""
-    from cowsim.sim.kernel.kernel import KernelOpError  # noqa: PLC0415 - cycle
+    from cowsim.sim.kernel.kernel import KernelOpError
 
     if any(not chunk.writable for chunk in holder.chunks):
         raise KernelOpError("id", f"{holder.description} holds read-only references; "

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-
 from cowsim.sim.kernel import fault, fork, gup, madvise, oracles, proc, protect, swap
 from cowsim.sim.kernel.counters import Counters
 from cowsim.sim.kernel.generations import Generation, generation_for
@@ -29,12 +28,12 @@ from cowsim.sim.kernel.lru import LruAddBatches
 from cowsim.sim.kernel.mm import MM, VMA, Process, Prot
 from cowsim.sim.kernel.oracles import Violation
 from cowsim.sim.kernel.pages import (
-    PG_lru_batch,
     ZERO_PFN,
     CapacityError,
     FrameArray,
     FrameSet,
     PageFrames,
+    PG_lru_batch,
 )
 from cowsim.sim.kernel.swap import SwapSpace
 
@@ -50,7 +49,8 @@ def _no_zero(frames: FrameArray) -> FrameArray:
     """The frames less the zero page (which is never refcounted)."""
     if frames.size == 0 or frames.min() > ZERO_PFN:
         return frames
-    return frames[frames != ZERO_PFN]
+    nonzero: FrameArray = frames[frames != ZERO_PFN]
+    return nonzero
 
 
 class KernelOpError(ValueError):

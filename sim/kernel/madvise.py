@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
 from cowsim.sim.kernel import swap
 from cowsim.sim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, VMA
 
@@ -35,7 +34,7 @@ ADVICE = (*FLAG_ADVICE, "dontneed", "pageout")
 
 def madvise(k: Kernel, owner: Process, vma: VMA, advice: str, pages: npt.ArrayLike | None,
             cpu: int) -> None:
-    from cowsim.sim.kernel.kernel import KernelOpError  # noqa: PLC0415 - cycle
+    from cowsim.sim.kernel.kernel import KernelOpError
 
     if advice in FLAG_ADVICE:
         if pages is not None:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-
 from cowsim.sim.kernel.pages import FrameArray
 
 PteArray = npt.NDArray[np.uint16]
@@ -57,7 +56,8 @@ def with_cause(pte: PteArray, cause: WpCause, clear: int = 0) -> PteArray:
 
 
 def cause_of(pte: PteArray) -> npt.NDArray[np.uint16]:
-    return (pte & WP_CAUSE_MASK) >> WP_CAUSE_SHIFT
+    causes: npt.NDArray[np.uint16] = ((pte & WP_CAUSE_MASK) >> WP_CAUSE_SHIFT).astype(np.uint16)
+    return causes
 
 
 class Prot(enum.Enum):

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from cowsim.sim.kernel.pages import PG_anon, PG_lru_batch, PG_swapcache, ZERO_PFN, FrameArray
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_lru_batch, PG_swapcache
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel, PageIndex

@@ -85,8 +85,8 @@ class FrameSet:
     def __init__(self, frames: FrameArray, lowest: int | None = None) -> None:
         self.frames = frames
         self._lowest = lowest
-        self._span: tuple[int, int] | None | bool = False  # False: not computed yet
-        self._runs: list[tuple[int, int]] | None | bool = False
+        self._span: tuple[int, int] | bool | None = False  # False: not computed yet
+        self._runs: list[tuple[int, int]] | bool | None = False
 
     @property
     def span(self) -> tuple[int, int] | None:
@@ -274,7 +274,8 @@ class PageFrames:
 
     # -- flags ----------------------------------------------------------------
     def test(self, frames: FrameArray, flag: np.uint8) -> npt.NDArray[np.bool_]:
-        return (self.flags[frames] & flag) != 0
+        tested: npt.NDArray[np.bool_] = (self.flags[frames] & flag) != 0
+        return tested
 
     def set(self, frames: FrameArray | FrameSet, flag: np.uint8) -> None:
         (frames if isinstance(frames, FrameSet) else FrameSet(frames)).set_flag(self.flags, flag)

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
 from cowsim.sim.kernel.generations import ChangeProtWritable
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,
@@ -41,7 +40,7 @@ from cowsim.sim.kernel.mm import (
     WpCause,
     with_cause,
 )
-from cowsim.sim.kernel.pages import PG_anon_exclusive, ZERO_PFN
+from cowsim.sim.kernel.pages import ZERO_PFN, PG_anon_exclusive
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel, PageIndex
@@ -94,17 +93,16 @@ def mprotect(k: Kernel, owner: Process, vma: VMA, prot: Prot, cpu: int) -> None:
 
 def _flush_after_change(k: Kernel, owner: Process, touched: PageIndex, removed: bool,
                         cpu: int) -> None:
-    if k.gen.change_prot_writable is ChangeProtWritable.NEVER:
-        needed = touched.size > 0  # ≤5.19: flush_tlb_range whenever PTEs were changed
-    else:
-        needed = removed  # 6.0+: only PTEs that lost a permission need a flush
-    if needed:
+    # ≤5.19: flush_tlb_range whenever PTEs were changed; 6.0+ (mmu_gather): only when a
+    # PTE lost a permission.
+    legacy = k.gen.change_prot_writable is ChangeProtWritable.NEVER
+    if (touched.size > 0) if legacy else removed:
         k.flush_tlb(owner.mm, "range", pages=int(touched.size), cpu=cpu)
 
 
 def uffd_register(vma: VMA) -> None:
     """UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_WP."""
-    from cowsim.sim.kernel.kernel import KernelOpError  # noqa: PLC0415 - cycle
+    from cowsim.sim.kernel.kernel import KernelOpError
 
     if vma.shared:
         raise KernelOpError("region", "uffd-wp on a MAP_SHARED anonymous region is not modelled")
@@ -117,7 +115,7 @@ def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, pro
 
     Empty PTEs are left alone (no PTE markers are modelled).
     """
-    from cowsim.sim.kernel.kernel import KernelOpError  # noqa: PLC0415 - cycle
+    from cowsim.sim.kernel.kernel import KernelOpError
 
     if not vma.vm_flags & VM_UFFD_WP:
         raise KernelOpError("region", f"region {vma.region!r} is not registered for uffd-wp")

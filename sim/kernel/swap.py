@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-
 from cowsim.sim.kernel.generations import SwapinReuse
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,
@@ -45,11 +44,11 @@ from cowsim.sim.kernel.mm import (
     with_cause,
 )
 from cowsim.sim.kernel.pages import (
+    ZERO_PFN,
+    FrameArray,
     PG_anon,
     PG_anon_exclusive,
     PG_swapcache,
-    ZERO_PFN,
-    FrameArray,
 )
 
 if TYPE_CHECKING:
@@ -125,7 +124,7 @@ def try_to_free_swap(k: Kernel, frames: FrameArray) -> npt.NDArray[np.bool_]:
     if not in_cache.any():
         return in_cache
     slots = k.frames.ensure_swap_slots()[np.where(in_cache, frames, 0)]
-    freeable = in_cache & (k.swap.count[np.where(in_cache, slots, 0)] == 0)
+    freeable: npt.NDArray[np.bool_] = in_cache & (k.swap.count[np.where(in_cache, slots, 0)] == 0)
     delete_from_swap_cache(k, frames[freeable])
     return freeable
 

@@ -34,7 +34,7 @@ def memory_budget_bytes() -> int:
 def check_capacity(scenario: Scenario, file: str, max_frames: int = DEFAULT_MAX_FRAMES,
                    budget_bytes: int | None = None) -> None:
     """Raise ScenarioError if the scenario's peak mapped pages exceed what the model may hold."""
-    from cowsim.sim.scenario.loader import ScenarioError  # noqa: PLC0415 - cycle
+    from cowsim.sim.scenario.loader import ScenarioError
 
     budget = memory_budget_bytes() if budget_bytes is None else budget_bytes
     regions: dict[str, dict[str, int]] = {}

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from cowsim.sim.kernel import CapacityError, Generation, Kernel, KernelOpError, Violation
 from cowsim.sim.scenario import schema as s
 from cowsim.sim.scenario.loader import ScenarioError
@@ -101,7 +100,7 @@ class _Run:
         ok, observed = _values_check(values, expected)
         self.result.expectations.append(Expectation(index, ok, expected, observed, what))
 
-    def step(self, index: int, step: s.Step) -> None:  # noqa: C901, PLR0912 - one dispatch
+    def step(self, index: int, step: s.Step) -> None:
         k = self.kernel
         k.step = index
         match step:
@@ -191,7 +190,8 @@ class _Run:
         elif step.id is not None:
             self.expect_values(index, k.dma_read(step.id), step.value, f"id {step.id}")
         else:
-            assert step.proc is not None and step.region is not None
+            assert step.proc is not None
+            assert step.region is not None
             values = k.peek(step.proc, step.region, step.selected())
             self.expect_values(index, values, step.value,
                                f"{step.proc} {step.region} {_pages_label(step.selected())}")
