@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
 from cowsim.sim.kernel import Kernel
 
 

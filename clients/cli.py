@@ -13,6 +13,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from rich.console import Console
+
 from cowsim.clients import render
 from cowsim.sim.kernel.generations import (
     Generation,
@@ -21,7 +23,6 @@ from cowsim.sim.kernel.generations import (
     generation_for,
 )
 from cowsim.sim.scenario import Scenario, ScenarioError, ScenarioResult, load_scenario, run_scenario
-from rich.console import Console
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cowsim.sim.kernel.generations import ERAS, WHAT_IFS, Generation, changes_in
-from cowsim.sim.scenario.runner import SUMMARY_COUNTERS, ScenarioResult
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from cowsim.sim.kernel.generations import ERAS, WHAT_IFS, Generation, changes_in
+from cowsim.sim.scenario.runner import SUMMARY_COUNTERS, ScenarioResult
 
 
 def _kinds(result: ScenarioResult) -> str:

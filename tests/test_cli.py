@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cowsim.clients.cli import main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from cowsim.clients.cli import main
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 CHILD_UNMAP = str(SCENARIOS / "4.1-vmsplice-child-unmap.yaml")

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from cowsim.sim.kernel import generation_for
 from cowsim.sim.scenario import load_scenario, run_scenario
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cowsim.sim.kernel import Kernel, generation_for
 from cowsim.sim.kernel.mm import _PAGE_RW
 from cowsim.sim.kernel.pages import PG_anon_exclusive

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel import swap
 from cowsim.sim.kernel.generations import WpReuse
 from cowsim.sim.kernel.mm import (

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel.fault import split_runs
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from cowsim.sim.kernel import fault, oracles
 from cowsim.sim.kernel.mm import VMA, Prot
 from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_anon_exclusive

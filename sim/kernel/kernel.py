@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel import fault, fork, gup, madvise, oracles, proc, protect, swap
 from cowsim.sim.kernel.counters import Counters
 from cowsim.sim.kernel.generations import Generation, generation_for

@@ -17,6 +17,7 @@ vectorized step: of the sequence *old batch + new frames*, every full block of
 from __future__ import annotations
 
 import numpy as np
+
 from cowsim.sim.kernel.pages import FrameArray
 
 

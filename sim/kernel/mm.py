@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel.pages import FrameArray
 
 PteArray = npt.NDArray[np.uint16]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_lru_batch, PG_swapcache
 
 if TYPE_CHECKING:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel.generations import ClearRefsFlush
 from cowsim.sim.kernel.mm import _PAGE_RW, _PAGE_SOFT_DIRTY, VM_SOFTDIRTY, VMA, WpCause, with_cause
 from cowsim.sim.kernel.pages import ZERO_PFN

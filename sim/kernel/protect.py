@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel.generations import ChangeProtWritable
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,

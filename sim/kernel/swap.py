@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel.generations import SwapinReuse
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,

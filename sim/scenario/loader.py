@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from cowsim.sim.scenario.capacity import check_capacity
 from cowsim.sim.scenario.schema import OPS, Scenario
-from pydantic import ValidationError
 
 
 class ScenarioError(ValueError):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from cowsim.sim.kernel import CapacityError, Generation, Kernel, KernelOpError, Violation
 from cowsim.sim.scenario import schema as s
 from cowsim.sim.scenario.loader import ScenarioError

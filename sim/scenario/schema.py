@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from cowsim.sim.kernel.counters import COUNTER_NAMES
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from cowsim.sim.kernel.counters import COUNTER_NAMES
 
 Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Value = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
