@@ -3,7 +3,8 @@
 ``cowsim scenario run FILE... [--kernel VERSION|ERA|all] [--json]`` runs
 scenario scripts (exit 0: every expectation held; 1: one failed; 2: invalid
 input, with one line naming the file, step and field).  ``cowsim kernels``
-lists the kernel generations and the rules in which they differ.
+lists the kernel generations and the rules in which they differ.  ``cowsim
+run``, ``compare`` and ``schema`` are the workload commands (workload_cli).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
-from cowsim.clients import render
+from cowsim.clients import render, workload_cli
 from cowsim.sim.kernel.generations import (
     Generation,
     KernelVersionError,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the scenario × kernel matrix as a Markdown table")
     kernels = commands.add_parser("kernels", help="list kernel generations and their rules")
     kernels.add_argument("--json", action="store_true")
+    workload_cli.add_commands(commands)
     return parser
 
 
@@ -139,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     if args.command == "kernels":
         return _kernels(args, console)
+    if args.command in ("run", "compare", "schema"):
+        return workload_cli.main(args, console)
     return _scenario_run(args, console)
 
 

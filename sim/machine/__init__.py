@@ -1,0 +1,1 @@
+"""The modeled machine: CPUs, TLBs, shootdowns and the cost model."""

@@ -1,0 +1,200 @@
+"""A forking server: an open-loop request stream over a resident set, and forks.
+
+Requests arrive as a Poisson stream; each reads or writes a few pages chosen
+by the key distribution and is served by one of the process's threads (FIFO
+per thread).  The server forks either periodically for a snapshot child that
+scans the whole resident set and exits (Redis BGSAVE), or once per connection
+for a worker that lives a while and dirties some pages of its own (a prefork
+web server, PostgreSQL backends).
+
+A request's latency = queueing + service + the faults its first writes take
+(COW copies while a child shares the page, reuses, TLB shootdowns of the
+copies) + TLB misses + stalls behind a fork (which holds the mm's lock for
+writing for its whole duration) or another mmap-lock holder (clear_refs).
+
+**Batching.**  Requests are handled one tick (``spec.tick``, 1 ms by
+default) at a time: the tick's arrivals are drawn at once, their pages are
+written with one vectorized kernel call, and queueing is solved per thread
+with the Lindley recursion in closed form::
+
+    finish_i = max(finish_{i-1}, arrival_i) + service_i
+             = S_i + max(F, max_{j<=i}(arrival_j - S_{j-1}))      (S = cumsum(service))
+
+so no Python code runs per request.  Within a tick, the first request that
+writes a page takes its fault; forks happen at tick boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cowsim.sim.kernel.mm import _PAGE_RW, _PAGE_SWAP
+from cowsim.sim.run import NS, PAGE_SIZE, Simulation
+from cowsim.sim.spec import ForkingServer
+from cowsim.sim.workloads.keys import sample_pages
+
+
+def lindley_finish(arrivals: npt.NDArray[np.float64], service: npt.NDArray[np.float64],
+                   free_at: float) -> npt.NDArray[np.float64]:
+    """Finish times of a FIFO server (arrivals sorted) that becomes free at ``free_at``."""
+    done = np.cumsum(service)
+    before = done - service
+    return done + np.maximum(free_at, np.maximum.accumulate(arrivals - before))
+
+
+class _Server:
+    def __init__(self, sim: Simulation, proc: str, spec: ForkingServer) -> None:
+        self.sim, self.proc, self.spec = sim, proc, spec
+        self.state = sim.procs[proc]
+        self.rng = sim.rng()
+        self.free_at = np.zeros(len(self.state.cpus))
+        self.next_thread = 0
+        self.value = 2
+        self.children: list[tuple[float, str]] = []  # (exit time, name)
+        fork = spec.fork
+        self.next_fork = np.inf
+        self.connection_rng = sim.rng()
+        if fork is not None and fork.mode == "periodic":
+            assert fork.every is not None
+            self.next_fork = fork.first_at if fork.first_at is not None else fork.every
+
+    # -- forks ------------------------------------------------------------------------
+    def fork(self, now: float, child_lifetime: float, dirty_pages: int) -> float:
+        """fork() at ``now``: returns when the parent's threads can run again."""
+        sim, state = self.sim, self.state
+        costs = sim.costs
+        ptes = sim.private_ptes(self.proc)
+        state.children += 1
+        child = f"{self.proc}.child{state.children}"
+        cpu = state.cpus[0]
+        with sim.machine.bill(cpu) as bill:
+            _result, delta = sim.call(self.proc, sim.kernel.fork, self.proc, child, cpu=cpu)
+        pause_ns = (costs.fork_ns(ptes) + bill.ns
+                    + delta.get("cow_copies_fork_pinned", 0) * costs.copy_ns(PAGE_SIZE))
+        pause = pause_ns * NS
+        sim.recorder.observe("fork_pause_seconds", pause, process=self.proc)
+        sim.recorder.count("forks", process=self.proc)
+        child_mm = sim.kernel.procs[child].mm
+        child_cpus = sim.machine.place(child_mm, 1)
+        if dirty_pages:
+            pages = np.unique(sample_pages(self.connection_rng, self.spec.requests.keys,
+                                           state.pages, dirty_pages))
+            with sim.machine.bill(child_cpus[0]):
+                sim.call(child, sim.kernel.write, child, state.region, pages, 0xC0FFEE,
+                         cpu=child_cpus[0])
+        self.children.append((now + pause + child_lifetime, child))
+        self.children.sort()
+        state.mmap_locked_until = max(state.mmap_locked_until, now + pause)
+        sim.note_memory()
+        return now + pause
+
+    def reap(self, now: float) -> None:
+        while self.children and self.children[0][0] <= now:
+            _when, child = self.children.pop(0)
+            owner = self.sim.kernel.procs[child]
+            cpu = min(owner.mm.cpus) if owner.mm.cpus else 0
+            with self.sim.machine.bill(cpu):
+                self.sim.call(child, self.sim.kernel.exit, child, cpu=cpu)
+
+    # -- one tick of requests ---------------------------------------------------------------
+    def tick(self, start: float, length: float) -> None:
+        sim, spec, state, rng = self.sim, self.spec.requests, self.state, self.rng
+        count = int(rng.poisson(spec.rate * length))
+        if count == 0:
+            return
+        arrivals = np.sort(start + rng.random(count) * length)
+        per = spec.pages_per_request
+        pages = sample_pages(rng, spec.keys, state.pages, count * per).reshape(count, per)
+        writes = rng.random(count) < spec.write_fraction
+        threads = (self.next_thread + np.arange(count)) % len(state.cpus)
+        self.next_thread = (self.next_thread + count) % len(state.cpus)
+        cost_ns = np.full(count, spec.service / NS)
+        cost_ns += self._write_faults_ns(pages, writes)
+        # TLB misses: per thread, the tick's page accesses against that CPU's TLB.
+        mm = sim.kernel.procs[self.proc].mm
+        for thread, cpu in enumerate(state.cpus):
+            mine = threads == thread
+            accesses = int(mine.sum()) * per
+            if accesses:
+                misses = sim.machine.tlb_access(cpu, mm, accesses)
+                cost_ns[mine] += misses * sim.costs.tlb_miss_walk_ns / mine.sum()
+        service = cost_ns * NS
+        latency = np.empty(count)
+        for thread, cpu in enumerate(state.cpus):
+            mine = np.flatnonzero(threads == thread)
+            if mine.size == 0:
+                continue
+            free_at = max(self.free_at[thread], state.mmap_locked_until
+                          if state.mmap_locked_until > start else 0.0)
+            owed = sim.machine.take_owed(cpu) * NS
+            if free_at > start:
+                free_at += owed  # IPI handlers steal time from a busy CPU
+            finish = lindley_finish(arrivals[mine], service[mine], free_at)
+            latency[mine] = finish - arrivals[mine]
+            self.free_at[thread] = finish[-1]
+        sim.recorder.observe("request_latency_seconds", latency, process=self.proc)
+        sim.recorder.count("requests", count, process=self.proc)
+
+    def _write_faults_ns(self, pages: npt.NDArray[np.int64],
+                         writes: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+        """Write the pages of the write requests; each request's share of the fault time."""
+        sim, state = self.sim, self.state
+        count, per = pages.shape
+        extra = np.zeros(count)
+        if not writes.any():
+            return extra
+        occurrences = pages[writes].reshape(-1)  # arrival order
+        owners = np.repeat(np.flatnonzero(writes), per)
+        unique, first = np.unique(occurrences, return_index=True)
+        vma = sim.kernel.procs[self.proc].mm.vmas[state.region]
+        pfn_before, pte_before = vma.pfn[unique], vma.pte[unique]
+        present = (pfn_before >= 0) & (pte_before < _PAGE_SWAP)
+        read_only = present & ((pte_before & _PAGE_RW) == 0)
+        if not (read_only | ~present).any():
+            sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique, self.value,
+                     cpu=state.cpus[0])
+            return extra
+        cpu = state.cpus[0]
+        with sim.machine.bill(cpu):
+            sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique, self.value,
+                     cpu=cpu)
+        self.value += 1
+        costs = sim.costs
+        copied = read_only & (vma.pfn[unique] != pfn_before)
+        reused = read_only & ~copied
+        remote = len(sim.kernel.procs[self.proc].mm.cpus - {cpu})
+        page_ns = np.zeros(unique.size)
+        page_ns[copied] = costs.cow_fault_ns() + (costs.shootdown_ns(remote) if remote else 0.0)
+        page_ns[reused] = costs.wp_reuse_fault_ns
+        page_ns[pfn_before < 0] = costs.anon_write_fault_ns()
+        page_ns[(pfn_before >= 0) & ~present] = costs.swap_in_fault_ns
+        occurrence_ns = np.zeros(occurrences.size)
+        occurrence_ns[first] = page_ns
+        extra += np.bincount(owners, weights=occurrence_ns, minlength=count)
+        return extra
+
+
+def run(sim: Simulation, proc: str, spec: ForkingServer) -> Generator[Any, Any, None]:
+    """The simpy process of one forking-server workload."""
+    server = _Server(sim, proc, spec)
+    tick = sim.spec.tick
+    fork = spec.fork
+    connections = fork.connections if fork is not None else None
+    while True:
+        now = sim.env.now
+        server.reap(now)
+        if fork is not None and fork.mode == "periodic" and now >= server.next_fork:
+            lifetime = server.state.pages * PAGE_SIZE / fork.snapshot.scan_rate
+            server.fork(now, lifetime, 0)
+            assert fork.every is not None
+            server.next_fork += fork.every
+        if connections is not None:
+            for _ in range(int(server.connection_rng.poisson(connections.rate * tick))):
+                server.fork(now, connections.lifetime, connections.dirty_pages)
+        server.tick(now, tick)
+        sim.note_memory()
+        yield sim.env.timeout(tick)
