@@ -25,7 +25,9 @@ from rich.table import Table
 from cowsim.sim.kernel.generations import KernelVersionError, generation_for
 from cowsim.sim.machine.costs import cost_model
 from cowsim.sim.spec import SpecError, WorkloadSpec, json_schema, load_spec
+from cowsim.sim.run import Simulation, result, simulate
 from cowsim.sim.units import format_bytes, format_seconds
+
 
 EXIT_OK, EXIT_INVALID = 0, 2
 
@@ -62,11 +64,11 @@ def _validated(args: argparse.Namespace) -> tuple[WorkloadSpec, list[str]]:
 
 
 def _run_one(spec: WorkloadSpec, kernel: str, seed: int | None, console: Console,
-             show_progress: bool) -> dict[str, Any]:
-    from cowsim.sim.run import run
-
+             show_progress: bool) -> tuple[dict[str, Any], Simulation]:
+    """Run on one kernel (with a progress bar on a terminal); the result and the simulation."""
     if not show_progress:
-        return run(spec, kernel=kernel, seed=seed)
+        sim, wall = simulate(spec, kernel=kernel, seed=seed)
+        return result(sim, wall_seconds=wall), sim
     started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.fields[sim]} simulated · {task.fields[rate]} events/s"),
@@ -78,7 +80,8 @@ def _run_one(spec: WorkloadSpec, kernel: str, seed: int | None, console: Console
             bar.update(task, completed=done, sim=format_seconds(done),
                        rate=f"{events / elapsed:,.0f}")
 
-        return run(spec, kernel=kernel, seed=seed, progress=progress)
+        sim, wall = simulate(spec, kernel=kernel, seed=seed, progress=progress)
+        return result(sim, wall_seconds=wall), sim
 
 
 SUMMARY_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
@@ -134,24 +137,15 @@ def main(args: argparse.Namespace, console: Console) -> int:
         return EXIT_INVALID
     show = not args.json and sys.stderr.isatty()
     if args.command == "run":
-        from cowsim.sim.run import build, result
-
+        outcome, sim = _run_one(spec, kernels[0], args.seed, console, show)
         if args.out is not None:
-            # Keep the simulation to write its time series too.
-            started = time.perf_counter()
-            sim = build(spec, kernel=kernels[0], seed=args.seed)
-            sim.env.run(until=spec.duration)
-            sim.note_memory()
-            outcome = result(sim, wall_seconds=time.perf_counter() - started)
             _write_out(args.out, outcome, sim.recorder.write_series)
-        else:
-            outcome = _run_one(spec, kernels[0], args.seed, console, show)
         if args.json:
             print(json.dumps(outcome, indent=2, sort_keys=True))
         else:
             _summary(console, [outcome])
         return EXIT_OK
-    outcomes = [_run_one(spec, kernel, args.seed, console, show) for kernel in kernels]
+    outcomes = [_run_one(spec, kernel, args.seed, console, show)[0] for kernel in kernels]
     if args.json:
         print(json.dumps(outcomes, indent=2, sort_keys=True))
     else:

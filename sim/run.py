@@ -171,9 +171,10 @@ def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = N
     return sim
 
 
-def run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
-        progress: Progress | None = None, progress_steps: int = 100) -> dict[str, Any]:
-    """Run a spec and return the result (the keys of docs/design.md "run results")."""
+def simulate(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
+             progress: Progress | None = None, progress_steps: int = 100
+             ) -> tuple[Simulation, float]:
+    """Build and run a spec to its duration; returns the simulation and the wall seconds."""
     started = time.perf_counter()
     sim = build(spec, kernel=kernel, seed=seed)
     duration = spec.duration
@@ -183,7 +184,14 @@ def run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = Non
         if progress is not None:
             progress(sim.env.now, duration, sim.env.events_processed)
     sim.note_memory()
-    return result(sim, wall_seconds=time.perf_counter() - started)
+    return sim, time.perf_counter() - started
+
+
+def run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
+        progress: Progress | None = None) -> dict[str, Any]:
+    """Run a spec and return the result (the keys of docs/design.md "run results")."""
+    sim, wall_seconds = simulate(spec, kernel=kernel, seed=seed, progress=progress)
+    return result(sim, wall_seconds=wall_seconds)
 
 
 def result(sim: Simulation, wall_seconds: float | None) -> dict[str, Any]:
