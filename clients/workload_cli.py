@@ -24,10 +24,9 @@ from rich.table import Table
 
 from cowsim.sim.kernel.generations import KernelVersionError, generation_for
 from cowsim.sim.machine.costs import cost_model
-from cowsim.sim.spec import SpecError, WorkloadSpec, json_schema, load_spec
 from cowsim.sim.run import Simulation, result, simulate
+from cowsim.sim.spec import SpecError, WorkloadSpec, json_schema, load_spec
 from cowsim.sim.units import format_bytes, format_seconds
-
 
 EXIT_OK, EXIT_INVALID = 0, 2
 
