@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cowsim.sim import run as sim_run
 from cowsim.sim.kernel.generations import KernelVersionError, generation_for
 from cowsim.sim.machine.costs import cost_model
-from cowsim.sim.run import Simulation, result, simulate
+from cowsim.sim.run import Simulation
 from cowsim.sim.spec import SpecError, WorkloadSpec, json_schema, load_spec
 from cowsim.sim.units import format_bytes, format_seconds
 
@@ -66,8 +67,8 @@ def _run_one(spec: WorkloadSpec, kernel: str, seed: int | None, console: Console
              show_progress: bool) -> tuple[dict[str, Any], Simulation]:
     """Run on one kernel (with a progress bar on a terminal); the result and the simulation."""
     if not show_progress:
-        sim, wall = simulate(spec, kernel=kernel, seed=seed)
-        return result(sim, wall_seconds=wall), sim
+        sim, wall = sim_run.simulate(spec, kernel=kernel, seed=seed)
+        return sim_run.result(sim, wall_seconds=wall), sim
     started = time.perf_counter()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.fields[sim]} simulated · {task.fields[rate]} events/s"),
@@ -79,8 +80,8 @@ def _run_one(spec: WorkloadSpec, kernel: str, seed: int | None, console: Console
             bar.update(task, completed=done, sim=format_seconds(done),
                        rate=f"{events / elapsed:,.0f}")
 
-        sim, wall = simulate(spec, kernel=kernel, seed=seed, progress=progress)
-        return result(sim, wall_seconds=wall), sim
+        sim, wall = sim_run.simulate(spec, kernel=kernel, seed=seed, progress=progress)
+        return sim_run.result(sim, wall_seconds=wall), sim
 
 
 SUMMARY_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
