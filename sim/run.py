@@ -24,7 +24,7 @@ from cowsim.sim.kernel.counters import COW_CAUSES, FAULT_TYPES
 from cowsim.sim.machine.costs import CostModel, cost_model
 from cowsim.sim.machine.machine import Machine
 from cowsim.sim.metrics import Recorder
-from cowsim.sim.spec import Checkpointer, DirectIO, ForkingServer, WorkloadSpec
+from cowsim.sim.spec import Checkpointer, DirectIO, ForkingServer, Tracker, WorkloadSpec
 
 PAGE_SIZE = 4096
 NS = 1e-9
@@ -103,6 +103,27 @@ class Simulation:
             + delta.get("faults_shmem", 0) * costs.anon_write_fault_ns()
         )
 
+    def fork(self, parent: str, child: str, cpu: int) -> float:
+        """fork() by a thread of ``parent`` on ``cpu``: the pause in seconds (recorded).
+
+        The pause is the cost model's fork time for the PTEs copied, the early
+        copies of pinned pages, and the shootdown of the final flush_tlb_mm to the
+        parent's other CPUs; the mm's lock is held for writing throughout.
+        """
+        costs = self.costs
+        ptes = self.private_ptes(parent)
+        with self.machine.bill(cpu) as bill:
+            _result, delta = self.call(parent, self.kernel.fork, parent, child, cpu=cpu)
+        pause_ns = (costs.fork_ns(ptes) + bill.ns
+                    + delta.get("cow_copies_fork_pinned", 0) * costs.copy_ns(PAGE_SIZE))
+        pause = float(pause_ns) * NS
+        self.recorder.observe("fork_pause_seconds", pause, process=parent)
+        self.recorder.count("forks", process=parent)
+        state = self.procs[parent]
+        state.mmap_locked_until = max(state.mmap_locked_until, self.env.now + pause)
+        self.note_memory()
+        return pause
+
     def private_ptes(self, proc: str) -> int:
         """Populated PTEs of a process's private VMAs (what fork copies)."""
         owner = self.kernel.procs[proc]
@@ -137,7 +158,7 @@ def _sampler(sim: Simulation) -> Any:
 
 def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None) -> Simulation:
     """Create the simulation: machine, kernel, processes and their resident memory."""
-    from cowsim.sim.workloads import checkpointer, direct_io, forking_server
+    from cowsim.sim.workloads import checkpointer, direct_io, forking_server, tracker
 
     env = CountingEnvironment()
     costs = cost_model(spec.machine.profile, **spec.machine.costs)
@@ -167,6 +188,8 @@ def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = N
                 env.process(direct_io.run(sim, process.name, workload))
             elif isinstance(workload, Checkpointer):
                 env.process(checkpointer.run(sim, process.name, workload))
+            elif isinstance(workload, Tracker):
+                env.process(tracker.run(sim, process.name, workload))
     env.process(_sampler(sim))
     return sim
 

@@ -17,7 +17,8 @@ Its workloads run side by side:
   DMA at completion), or a long-term pinned buffer (io_uring fixed buffers,
   RDMA) that a device writes and reads;
 * ``checkpointer``: clear_refs 4 on a target process every interval, then a
-  pagemap scan and a copy of the soft-dirty pages (CRIU-style incremental dump).
+  pagemap scan and a copy of the soft-dirty pages (CRIU-style incremental dump);
+* ``tracker``: a userfaultfd write-protect live snapshot of a target process.
 """
 
 from __future__ import annotations
@@ -136,7 +137,17 @@ class Checkpointer(_Model):
     first_at: Seconds | None = None
 
 
-Workload = Annotated[ForkingServer | DirectIO | Checkpointer, Field(discriminator="kind")]
+class Tracker(_Model):
+    """A userfaultfd write-protect live-snapshot tracker on a target process."""
+
+    kind: Literal["tracker"]
+    target: str
+    interval: Seconds
+    first_at: Seconds | None = None
+    method: Literal["uffd_wp"] = "uffd_wp"
+
+
+Workload = Annotated[ForkingServer | DirectIO | Checkpointer | Tracker, Field(discriminator="kind")]
 
 
 class ProcessSpec(_Model):
@@ -166,8 +177,8 @@ class WorkloadSpec(_Model):
             raise ValueError("process names must be unique")
         for process in self.processes:
             for workload in process.workloads:
-                if isinstance(workload, Checkpointer) and workload.target not in names:
-                    raise ValueError(f"checkpointer target {workload.target!r} is not a process")
+                if isinstance(workload, Checkpointer | Tracker) and workload.target not in names:
+                    raise ValueError(f"{workload.kind} target {workload.target!r} is not a process")
         if self.tick <= 0 or self.tick > self.duration:
             raise ValueError("tick must be positive and at most the duration")
         return self

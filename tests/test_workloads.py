@@ -167,3 +167,15 @@ def test_result_has_the_interface_keys() -> None:
     assert metrics["cow_copies_total"] > 0
     assert result["sim_seconds"] == pytest.approx(6.0)
     assert result["processes"][0]["name"] == "redis"
+
+
+@pytest.mark.parametrize(("kernel", "breaks"), [("5.4", False), ("5.10", True), ("5.18", True),
+                                                ("6.1", False), ("6.8", False)])
+def test_uffd_wp_snapshot_of_a_pinned_buffer(kernel: str, breaks: bool) -> None:
+    spec = parse_spec((EXAMPLES / "rdma-uffd-snapshot.yaml").read_text()
+                      .replace("duration: 3s", "duration: 1.2s"))
+    metrics = run(spec, kernel=kernel)["metrics"]
+    assert metrics["page_faults_by_type"]["uffd_wp"] > 0
+    broken = metrics["dma_lost_writes_total"] + metrics["stale_pin_reads_total"]
+    assert (broken > 0) is breaks
+    assert (metrics["pin_diverged_total"] > 0) is breaks

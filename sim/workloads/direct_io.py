@@ -105,27 +105,39 @@ class _DirectIO:
         sim.recorder.observe("io_latency_seconds", now - self.issue_time.pop(io), process=self.proc)
 
     # -- pinned ------------------------------------------------------------------------
-    def transfer(self, now: float) -> None:
+    def transfers(self, count: int) -> None:
+        """``count`` device transfers on random blocks of the pinned buffer, half in each
+        direction: the process writes then the device reads, and the device writes then
+        the process reads; checked against the frames the pin holds."""
+        if count == 0:
+            return
         sim, kernel = self.sim, self.sim.kernel
-        block = int(self.rng.integers(0, self.blocks))
-        pages = self.pages(block)
+        chunk = kernel.holder("fixed").chunks[0]
+        blocks = self.rng.integers(0, self.blocks, size=count)
+        inbound = self.rng.random(count) < 0.5
+        offsets = np.arange(self.block_pages)
         value = (0x30000000 + self.issued) & _VALUE_MASK
         self.issued += 1
-        holder = kernel.holder("fixed")
-        chunk = holder.chunks[0]
-        held = chunk.frames[pages]
-        if self.rng.random() < 0.5:
-            # Device → memory: the device writes the frames it holds; the process reads.
-            kernel.frames.content[held] = value
-            if (kernel.peek(self.proc, self.state.region, pages) != value).any():
-                sim.recorder.count("dma_lost_writes", process=self.proc)
-        else:
-            # Memory → device: the process writes, the device reads the frames it holds.
-            self.call(kernel.write, self.proc, self.state.region, pages, value)
-            if (kernel.frames.content[held] != value).any():
-                sim.recorder.count("stale_pin_reads", process=self.proc)
-        sim.recorder.count("dma_transfers", process=self.proc)
-        sim.recorder.observe("io_latency_seconds", self.latency(), process=self.proc)
+        for direction in (False, True):
+            chosen = blocks[inbound == direction]
+            if chosen.size == 0:
+                continue
+            pages = (chosen[:, None] * self.block_pages + offsets).reshape(-1)
+            unique = np.unique(pages)
+            if direction:
+                # Device → memory: DMA into the held frames; the process reads its pages.
+                kernel.frames.content[chunk.frames[unique]] = value
+                seen_unique = kernel.peek(self.proc, self.state.region, unique)
+                seen = seen_unique[np.searchsorted(unique, pages)].reshape(chosen.size, -1)
+                lost = int((seen != value).any(axis=1).sum())
+                sim.recorder.count("dma_lost_writes", lost, process=self.proc)
+            else:
+                # Memory → device: the process writes, the device reads the held frames.
+                self.call(kernel.write, self.proc, self.state.region, unique, value)
+                held = kernel.frames.content[chunk.frames[pages]].reshape(chosen.size, -1)
+                stale = int((held != value).any(axis=1).sum())
+                sim.recorder.count("stale_pin_reads", stale, process=self.proc)
+        sim.recorder.count("dma_transfers", count, process=self.proc)
 
 
 def run(sim: Simulation, proc: str, spec: DirectIO) -> Generator[Any, Any, None]:
@@ -168,10 +180,9 @@ def _run_pinned(sim: Simulation, io: _DirectIO, spec: DirectIO, tick: float
         if now >= next_fork:
             helpers += 1
             alive.append(f"{io.proc}.helper{helpers}")
-            io.call(kernel.fork, io.proc, alive[-1])
+            sim.fork(io.proc, alive[-1], cpu=io.cpu)
             assert spec.fork_every is not None
             next_fork += spec.fork_every
-        for _ in range(int(io.rng.poisson(rate * tick))):
-            io.transfer(now)
+        io.transfers(int(io.rng.poisson(rate * tick)))
         kernel.end_step()
         yield sim.env.timeout(tick)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cowsim.sim.kernel.mm import _PAGE_RW, _PAGE_SWAP
+from cowsim.sim.kernel.mm import _PAGE_RW, _PAGE_SWAP, _PAGE_UFFD_WP
 from cowsim.sim.run import NS, PAGE_SIZE, Simulation
 from cowsim.sim.spec import ForkingServer
 from cowsim.sim.workloads.keys import sample_pages
@@ -66,20 +66,10 @@ class _Server:
     def fork(self, now: float, child_lifetime: float, dirty_pages: int) -> float:
         """fork() at ``now``: returns when the parent's threads can run again."""
         sim, state = self.sim, self.state
-        costs = sim.costs
-        ptes = sim.private_ptes(self.proc)
         state.children += 1
         child = f"{self.proc}.child{state.children}"
-        cpu = state.cpus[0]
-        with sim.machine.bill(cpu) as bill:
-            _result, delta = sim.call(self.proc, sim.kernel.fork, self.proc, child, cpu=cpu)
-        pause_ns = (costs.fork_ns(ptes) + bill.ns
-                    + delta.get("cow_copies_fork_pinned", 0) * costs.copy_ns(PAGE_SIZE))
-        pause = pause_ns * NS
-        sim.recorder.observe("fork_pause_seconds", pause, process=self.proc)
-        sim.recorder.count("forks", process=self.proc)
-        child_mm = sim.kernel.procs[child].mm
-        child_cpus = sim.machine.place(child_mm, 1)
+        pause = sim.fork(self.proc, child, cpu=state.cpus[0])
+        child_cpus = sim.machine.place(sim.kernel.procs[child].mm, 1)
         if dirty_pages:
             pages = np.unique(sample_pages(self.connection_rng, self.spec.requests.keys,
                                            state.pages, dirty_pages))
@@ -88,8 +78,6 @@ class _Server:
                          cpu=child_cpus[0])
         self.children.append((now + pause + child_lifetime, child))
         self.children.sort()
-        state.mmap_locked_until = max(state.mmap_locked_until, now + pause)
-        sim.note_memory()
         return now + pause
 
     def reap(self, now: float) -> None:
@@ -172,6 +160,7 @@ class _Server:
         page_ns[reused] = costs.wp_reuse_fault_ns
         page_ns[pfn_before < 0] = costs.anon_write_fault_ns()
         page_ns[(pfn_before >= 0) & ~present] = costs.swap_in_fault_ns
+        page_ns[present & ((pte_before & _PAGE_UFFD_WP) != 0)] += costs.uffd_wp_fault_ns
         occurrence_ns = np.zeros(occurrences.size)
         occurrence_ns[first] = page_ns
         extra += np.bincount(owners, weights=occurrence_ns, minlength=count)

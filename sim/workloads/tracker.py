@@ -1,0 +1,49 @@
+"""A live-snapshot tracker using userfaultfd write-protect (QEMU background snapshot, CRIU).
+
+Every ``interval`` the tracker write-protects all of the target's memory
+(UFFDIO_WRITEPROTECT over the region, one walk plus a deferred TLB flush),
+then copies it out in the background at the copy bandwidth.  While the copy
+runs, each first write of the target to a protected page is a userfault: the
+monitor saves the page and un-protects it (the kernel model resolves the
+fault and counts ``faults_uffd_wp``; the write pays ``uffd_wp_fault_ns``).
+When the copy is done the rest is un-protected.
+
+This is Andrea Arcangeli's second case (kernel-semantics.md §4.5): on 5.9–5.18
+un-protecting leaves the PTE read-only, so the retried write goes through
+do_wp_page and copies a page a device has pinned; on 6.0+ the un-protect maps
+exclusive pages writable again.  An mprotect-based tracker would need
+per-page mprotect (VMA splitting), which the model does not have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from cowsim.sim.run import NS, PAGE_SIZE, Simulation
+from cowsim.sim.spec import Tracker
+
+
+def run(sim: Simulation, proc: str, spec: Tracker) -> Generator[Any, Any, None]:
+    """The simpy process of one uffd-wp tracker."""
+    state = sim.procs[proc]
+    target = sim.procs[spec.target]
+    cpu = state.cpus[0]
+    costs = sim.costs
+    sim.call(spec.target, sim.kernel.uffd_register, spec.target, target.region)
+    yield sim.env.timeout(spec.first_at if spec.first_at is not None else spec.interval)
+    while True:
+        started = sim.env.now
+        with sim.machine.bill(cpu) as bill:
+            sim.call(spec.target, sim.kernel.uffd_wp, spec.target, target.region, None, True,
+                     cpu=cpu)
+        protect_s = (target.pages * costs.uffd_wp_per_pte_ns + bill.ns) * NS
+        copy_s = costs.copy_ns(target.pages * PAGE_SIZE) * NS
+        yield sim.env.timeout(protect_s + copy_s)
+        with sim.machine.bill(cpu):
+            sim.call(spec.target, sim.kernel.uffd_wp, spec.target, target.region, None, False,
+                     cpu=cpu)
+        sim.kernel.end_step()
+        sim.recorder.observe("snapshot_duration_seconds", sim.env.now - started, process=proc)
+        sim.recorder.count("snapshots", process=proc)
+        yield sim.env.timeout(max(0.0, spec.interval - (sim.env.now - started)))
