@@ -436,9 +436,13 @@ class Kernel:
     # ------------------------------------------------------------------
     # oracles and accounting
     # ------------------------------------------------------------------
-    def end_step(self) -> None:
-        """Run the after-step oracles (pin_diverged, stale_pin)."""
-        oracles.check_pins(self)
+    def end_step(self, ref_ids: Sequence[str] | None = None) -> None:
+        """Run the after-step oracles (pin_diverged, stale_pin), on every reference or on
+        those held under ``ref_ids``."""
+        if ref_ids is None:
+            oracles.check_pins(self)
+        else:
+            oracles.check_pins(self, [self.refs[i] for i in ref_ids if i in self.refs])
 
     def model_nbytes(self) -> int:
         """Bytes of numpy state held by the model (frames, page tables, swap, batches)."""

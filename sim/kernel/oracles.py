@@ -32,6 +32,9 @@ import numpy as np
 from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_lru_batch, PG_swapcache
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from cowsim.sim.kernel.gup import Holder
     from cowsim.sim.kernel.kernel import Kernel, PageIndex
     from cowsim.sim.kernel.mm import VMA, Process
 
@@ -102,9 +105,10 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
                                 f"page {other_page}")
 
 
-def check_pins(k: Kernel) -> None:
-    """pin_diverged / stale_pin for every reference whose owner is alive and still maps it."""
-    for holder in k.refs.values():
+def check_pins(k: Kernel, holders: Iterable[Holder] | None = None) -> None:
+    """pin_diverged / stale_pin for every reference (or those of ``holders``) whose owner is
+    alive and still maps it."""
+    for holder in k.refs.values() if holders is None else holders:
         for chunk in holder.chunks:
             if not (chunk.writable or chunk.pinned):
                 continue

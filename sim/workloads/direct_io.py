@@ -96,6 +96,7 @@ class _DirectIO:
 
     def complete(self, now: float, io: int) -> None:
         sim, value = self.sim, self.values.pop(io)
+        sim.kernel.end_step([f"dio{io}"])  # did the pages move away from the I/O before it landed?
         sim.kernel.dma_write(f"dio{io}", value)
         sim.call(self.proc, sim.kernel.release, f"dio{io}")
         seen = sim.kernel.peek(self.proc, self.state.region, self.pages(io))
@@ -158,7 +159,7 @@ def run(sim: Simulation, proc: str, spec: DirectIO) -> Generator[Any, Any, None]
             else:
                 io.complete(when, number)
                 io.issue(when)
-            sim.kernel.end_step()
+        sim.kernel.end_step()
         yield sim.env.timeout(tick)
 
 
