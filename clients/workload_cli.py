@@ -57,9 +57,14 @@ def _validated(args: argparse.Namespace) -> tuple[WorkloadSpec, list[str]]:
         except KernelVersionError as exc:
             raise SpecError(f"--kernel: {exc}") from None
     try:
-        cost_model(spec.machine.profile, **spec.machine.costs)
+        costs = cost_model(spec.machine.profile, **spec.machine.costs)
     except ValueError as exc:
         raise SpecError(f"{args.spec}: field 'machine': {exc}") from None
+    resident = sum(process.memory for process in spec.processes)
+    if resident > costs.memory_bytes:
+        raise SpecError(f"{args.spec}: field 'processes': resident memory {format_bytes(resident)} "
+                        f"exceeds the machine's {format_bytes(costs.memory_bytes)} "
+                        f"(machine.costs.memory_bytes)")
     return spec, kernels
 
 

@@ -98,3 +98,12 @@ def test_bad_kernel_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     spec = write(tmp_path, SPEC)
     assert main(["run", spec, "--kernel", "nope"]) == 2
     assert "--kernel" in capsys.readouterr().err
+
+
+def test_resident_memory_beyond_the_machine_is_refused(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write(tmp_path, SPEC.replace("memory: 4MiB", "memory: 4TiB"))
+    assert main(["run", spec]) == 2
+    err = capsys.readouterr().err
+    assert "field 'processes'" in err
+    assert "exceeds the machine" in err

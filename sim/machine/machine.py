@@ -3,11 +3,11 @@
 The kernel model says *what* happens (a COW copy, a fork, a flush of one
 page or of a whole mm); the machine says *how long it takes and where*.
 
-**CPUs and threads.**  Each CPU is a simpy resource of capacity one; a thread
-is placed on one CPU and runs its work there, so two threads on one CPU
-queue.  An mm's ``cpus`` (``mm_cpumask``) are the CPUs its threads were
-placed on: the CPUs that may hold its translations (lazy-TLB CPUs included:
-a CPU stays in the mask after the thread sleeps).
+**CPUs and threads.**  A thread is placed on one CPU and runs its work there
+(workloads queue the work of threads sharing a CPU on that CPU).  An mm's
+``cpus`` (``mm_cpumask``) are the CPUs its threads were placed on: the CPUs
+that may hold its translations (lazy-TLB CPUs included: a CPU stays in the
+mask after the thread sleeps).
 
 **TLB shootdowns.**  When the kernel model flushes (``flush_tlb_page``,
 ``flush_tlb_range``, ``flush_tlb_mm``), the CPU doing the work invalidates
@@ -74,7 +74,6 @@ class Machine:
         self.env = env
         self.ncpus = ncpus
         self.costs = costs
-        self.cpus = [simpy.Resource(env, capacity=1) for _ in range(ncpus)]
         self.owed_ns = np.zeros(ncpus, dtype=np.float64)
         """IPI handler time each CPU owes to the next work that runs on it."""
         self._tlb_held: dict[tuple[int, int], float] = {}

@@ -1,11 +1,12 @@
 """A forking server: an open-loop request stream over a resident set, and forks.
 
 Requests arrive as a Poisson stream; each reads or writes a few pages chosen
-by the key distribution and is served by one of the process's threads (FIFO
-per thread).  The server forks either periodically for a snapshot child that
-scans the whole resident set and exits (Redis BGSAVE), or once per connection
-for a worker that lives a while and dirties some pages of its own (a prefork
-web server, PostgreSQL backends).
+by the key distribution and is served by one of the process's threads, round
+robin (FIFO per CPU: threads placed on the same CPU share it).  The server
+forks either periodically for a snapshot child that scans the whole resident
+set and exits (Redis BGSAVE), or once per connection for a worker that lives
+a while and dirties some pages of its own (a prefork web server, PostgreSQL
+backends).
 
 A request's latency = queueing + service + the faults its first writes take
 (COW copies while a child shares the page, reuses, TLB shootdowns of the
@@ -51,7 +52,9 @@ class _Server:
         self.sim, self.proc, self.spec = sim, proc, spec
         self.state = sim.procs[proc]
         self.rng = sim.rng()
-        self.free_at = np.zeros(len(self.state.cpus))
+        # Threads on the same CPU share it: one FIFO queue per CPU the process uses.
+        self.queue_cpus = sorted(set(self.state.cpus))
+        self.free_at = np.zeros(len(self.queue_cpus))
         self.next_thread = 0
         self.value = 2
         self.children: list[tuple[float, str]] = []  # (exit time, name)
@@ -112,18 +115,19 @@ class _Server:
                 cost_ns[mine] += misses * sim.costs.tlb_miss_walk_ns / mine.sum()
         service = cost_ns * NS
         latency = np.empty(count)
-        for thread, cpu in enumerate(state.cpus):
-            mine = np.flatnonzero(threads == thread)
+        request_cpus = np.asarray(state.cpus)[threads]
+        for queue, cpu in enumerate(self.queue_cpus):
+            mine = np.flatnonzero(request_cpus == cpu)
             if mine.size == 0:
                 continue
-            free_at = max(self.free_at[thread], state.mmap_locked_until
+            free_at = max(self.free_at[queue], state.mmap_locked_until
                           if state.mmap_locked_until > start else 0.0)
             owed = sim.machine.take_owed(cpu) * NS
             if free_at > start:
                 free_at += owed  # IPI handlers steal time from a busy CPU
             finish = lindley_finish(arrivals[mine], service[mine], free_at)
             latency[mine] = finish - arrivals[mine]
-            self.free_at[thread] = finish[-1]
+            self.free_at[queue] = finish[-1]
         sim.recorder.observe("request_latency_seconds", latency, process=self.proc)
         sim.recorder.count("requests", count, process=self.proc)
 
@@ -161,6 +165,9 @@ class _Server:
         page_ns[pfn_before < 0] = costs.anon_write_fault_ns()
         page_ns[(pfn_before >= 0) & ~present] = costs.swap_in_fault_ns
         page_ns[present & ((pte_before & _PAGE_UFFD_WP) != 0)] += costs.uffd_wp_fault_ns
+        faulted = page_ns[page_ns > 0]
+        if faulted.size:
+            sim.recorder.observe("fault_latency_seconds", faulted * NS, process=self.proc)
         occurrence_ns = np.zeros(occurrences.size)
         occurrence_ns[first] = page_ns
         extra += np.bincount(owners, weights=occurrence_ns, minlength=count)
