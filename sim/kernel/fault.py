@@ -142,7 +142,7 @@ def _write_run(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) 
         from cowsim.sim.kernel import protect
 
         k.counters.fault("uffd_wp", protected.size)
-        protect.uffd_writeprotect(k, owner, vma, protected, False, cpu=cpu)
+        protect.uffd_writeprotect(k, owner, vma, protected, False, cpu=cpu, per_page=True)
     read_only = pages[vma.present(pages) & ((vma.pte[pages] & _PAGE_RW) == 0)]
     if read_only.size:
         # Swap-in's own do_wp_page call is part of the swap fault, not a new fault.

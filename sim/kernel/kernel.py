@@ -97,6 +97,7 @@ class Kernel:
         self.counters = Counters()
         self.violations: list[Violation] = []
         self._reported: set[tuple[str, ...]] = set()
+        self._reported_frames: dict[int, list[tuple[str, ...]]] = {}
         self.step = 0
         """The index of the operation being run, for violation reports."""
         self.on_tlb_flush = on_tlb_flush
@@ -176,6 +177,8 @@ class Kernel:
         if mapping:
             batch.add(self.frames.mapcount, -1)
         dead = frames[batch.gather(self.frames.refcount) == 0]
+        if dead.size and self._reported_frames:
+            self._forget_reports(dead)
         if dead.size:
             self.frames.free(dead)
             self.counters.add("pages_freed", dead.size)
@@ -229,13 +232,23 @@ class Kernel:
     # ------------------------------------------------------------------
     # violations
     # ------------------------------------------------------------------
-    def report(self, kind: str, key: tuple[str, ...], **details: object) -> None:
-        """Record a violation once per (kind, key)."""
+    def report(self, kind: str, key: tuple[str, ...], *, frame: int | None = None,
+               **details: object) -> None:
+        """Record a violation once per (kind, key).  A key naming a physical ``frame`` is
+        forgotten when that frame is freed (its number may then be reused)."""
         full_key = (kind, *key)
         if full_key in self._reported:
             return
         self._reported.add(full_key)
+        if frame is not None:
+            self._reported_frames.setdefault(frame, []).append(full_key)
         self.violations.append(Violation(kind=kind, step=self.step, **details))  # type: ignore[arg-type]
+
+    def _forget_reports(self, dead: FrameArray) -> None:
+        gone = np.intersect1d(dead, np.fromiter(self._reported_frames, dtype=np.int64))
+        for frame in gone.tolist():
+            for key in self._reported_frames.pop(frame):
+                self._reported.discard(key)
 
     # ------------------------------------------------------------------
     # system calls

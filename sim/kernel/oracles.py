@@ -81,7 +81,7 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
                 continue
             hit = np.isin(suspects, chunk.frames)
             for frame, page in zip(suspects[hit].tolist(), suspect_pages[hit].tolist(), strict=True):
-                k.report("leak", (holder.description, str(frame)), proc=writer.name,
+                k.report("leak", (holder.description, str(frame)), frame=frame, proc=writer.name,
                          region=vma.region, page=page, frames=(frame,),
                          detail=f"{writer_label} stored into {where} page {page} (frame {frame}), "
                                 f"which {holder.description} of {chunk.owner.name} holds")

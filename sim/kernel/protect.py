@@ -93,12 +93,15 @@ def mprotect(k: Kernel, owner: Process, vma: VMA, prot: Prot, cpu: int) -> None:
 
 
 def _flush_after_change(k: Kernel, owner: Process, touched: PageIndex, removed: bool,
-                        cpu: int) -> None:
+                        cpu: int, calls: int = 1) -> None:
+    """The flush ending a change_protection walk (``calls`` separate walks of
+    ``touched.size / calls`` pages each, as when each userfault is resolved alone)."""
     # ≤5.19: flush_tlb_range whenever PTEs were changed; 6.0+ (mmu_gather): only when a
     # PTE lost a permission.
     legacy = k.gen.change_prot_writable is ChangeProtWritable.NEVER
     if (touched.size > 0) if legacy else removed:
-        k.flush_tlb(owner.mm, "range", pages=int(touched.size), cpu=cpu)
+        k.flush_tlb(owner.mm, "range", count=calls, pages=max(1, int(touched.size) // calls),
+                    cpu=cpu)
 
 
 def uffd_register(vma: VMA) -> None:
@@ -111,10 +114,12 @@ def uffd_register(vma: VMA) -> None:
 
 
 def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, protect: bool,
-                      cpu: int) -> None:
+                      cpu: int, per_page: bool = False) -> None:
     """UFFDIO_WRITEPROTECT: set or clear uffd-wp on present PTEs and swap entries.
 
-    Empty PTEs are left alone (no PTE markers are modelled).
+    Empty PTEs are left alone (no PTE markers are modelled).  ``per_page``: one
+    ioctl per page (a monitor resolving each write fault on its own), so one
+    flush per page where a flush is due.
     """
     from cowsim.sim.kernel.kernel import KernelOpError
 
@@ -140,4 +145,5 @@ def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, pro
             up = read_only[can_change_pte_writable(k, vma, read_only)]
             vma.pte[up] = (vma.pte[up] & ~WP_CAUSE_MASK) | _PAGE_RW
         removed = False
-    _flush_after_change(k, owner, present, removed, cpu)
+    _flush_after_change(k, owner, present, removed, cpu,
+                        calls=int(present.size) if per_page and present.size else 1)

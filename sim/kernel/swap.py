@@ -219,12 +219,13 @@ def do_swap_page(k: Kernel, vma: VMA, pages: PageIndex, write: bool) -> PageInde
             writable = count <= 1
             delete_from_swap_cache(k, frames[writable & in_cache])
     else:
-        if write:
-            # should_try_to_free_swap(): only the swap cache and we hold it.
-            lone = (k.frames.refcount[frames] == 1) & (k.swap.count[slots] == 0)
-            try_to_free_swap(k, frames[lone])
+        # Our reference (it becomes the mapping's) keeps the page while the cache lets go.
         k.frames.mapcount[frames] += 1
         k.get_page(frames)
+        if write:
+            # should_try_to_free_swap(): only the swap cache and we hold it.
+            lone = (k.frames.refcount[frames] == 2) & (k.swap.count[slots] == 0)
+            try_to_free_swap(k, frames[lone])
         sole = k.frames.refcount[frames] == 1
         k.frames.set(frames[exclusive | (sole & k.gen.anon_exclusive)], PG_anon_exclusive)
         if write:
