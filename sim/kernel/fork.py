@@ -170,7 +170,9 @@ def _early_copy(k: Kernel, src: VMA, dst: VMA, pages: PageIndex, cpu: int) -> No
     frames.refcount[new] = 1
     dst.pfn[pages] = new
     child_bits = _PAGE_DIRTY | _PAGE_SOFT_DIRTY | (_PAGE_RW if dst.writable else 0)
-    dst.pte[pages] = (src.pte[pages] & _PAGE_SOFT_DIRTY) | np.uint16(child_bits)
+    child_pte = (src.pte[pages] & _PAGE_SOFT_DIRTY) | np.uint16(child_bits)
+    # In a region mprotect()ed read-only the copy is mapped read-only: for that reason.
+    dst.pte[pages] = child_pte if dst.writable else with_cause(child_pte, WpCause.MPROTECT)
     k.counters.add("cow_copies", pages.size)
     k.counters.add("cow_copies_fork_pinned", pages.size)
     k.lru_cache_add(new, cpu)

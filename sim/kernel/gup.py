@@ -76,12 +76,7 @@ class Holder:
 def get_user_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, holder: Holder, *,
                    label: str, pin: bool, write: bool, longterm: bool, cpu: int) -> None:
     """__get_user_pages(): fault the pages in as the flags require, then reference them."""
-    from cowsim.sim.kernel.kernel import KernelOpError
-
-    if vma.prot is Prot.NONE:
-        raise KernelOpError("region", f"GUP on region {vma.region!r} mapped PROT_NONE: EFAULT")
-    if write and vma.prot is not Prot.READ_WRITE:
-        raise KernelOpError("region", f"GUP for write on read-only region {vma.region!r}: EFAULT")
+    check_access(vma, write)
     # 5.8: break COW for any GUP in a COW mapping (read as: where the VMA may be written).
     force_write = k.gen.gup_breaks_cow and vma.is_cow_mapping and vma.writable
     if write or force_write:
@@ -100,6 +95,16 @@ def get_user_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, holder
         k.counters.add("gup_pages", pages.size)
     holder.chunks.append(HeldChunk(owner=owner, vma=vma, pages=pages, frames=frames, label=label,
                                    pinned=pin, writable=write, longterm=longterm, amount=amount))
+
+
+def check_access(vma: VMA, write: bool) -> None:
+    """check_vma_flags(): GUP needs a readable VMA, and a writable one for FOLL_WRITE."""
+    from cowsim.sim.kernel.kernel import KernelOpError
+
+    if vma.prot is Prot.NONE:
+        raise KernelOpError("region", f"GUP on region {vma.region!r} mapped PROT_NONE: EFAULT")
+    if write and vma.prot is not Prot.READ_WRITE:
+        raise KernelOpError("region", f"GUP for write on read-only region {vma.region!r}: EFAULT")
 
 
 def _unshare_for_read_only_pin(k: Kernel, owner: Process, vma: VMA, pages: PageIndex,

@@ -384,15 +384,19 @@ class Kernel:
                  *, cpu: int = 0) -> None:
         """vmsplice() the pages into a pipe: R/O FOLL_GET references the pipe holds."""
         owner, vma = self.vma(proc_name, region)
+        index = self.select(vma, pages)
+        gup.check_access(vma, write=False)
         holder = self.pipes.setdefault(pipe, Holder(name=pipe, is_pipe=True))
-        gup.get_user_pages(self, owner, vma, self.select(vma, pages), holder, label="vmsplice",
+        gup.get_user_pages(self, owner, vma, index, holder, label="vmsplice",
                            pin=False, write=False, longterm=False, cpu=cpu)
 
     def _take(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str, *,
               label: str, pin: bool, write: bool, longterm: bool, cpu: int) -> None:
         owner, vma = self.vma(proc_name, region)
+        index = self.select(vma, pages)
+        gup.check_access(vma, write)
         holder = self.refs.setdefault(ref_id, Holder(name=ref_id, is_pipe=False))
-        gup.get_user_pages(self, owner, vma, self.select(vma, pages), holder, label=label,
+        gup.get_user_pages(self, owner, vma, index, holder, label=label,
                            pin=pin, write=write, longterm=longterm, cpu=cpu)
 
     def release(self, ref_id: str) -> None:

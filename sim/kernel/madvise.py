@@ -42,7 +42,7 @@ def madvise(k: Kernel, owner: Process, vma: VMA, advice: str, pages: npt.ArrayLi
             raise KernelOpError("pages", f"madvise {advice} applies to the whole region here; "
                                          "omit pages")
         flag, on = FLAG_ADVICE[advice]
-        if flag == VM_WIPEONFORK and vma.shared:
+        if flag == VM_WIPEONFORK and on and vma.shared:
             raise KernelOpError("advice", "MADV_WIPEONFORK needs a private region: EINVAL")
         vma.vm_flags = vma.vm_flags | flag if on else vma.vm_flags & ~flag
         return
