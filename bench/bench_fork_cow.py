@@ -86,7 +86,7 @@ def main() -> None:
     print(f"baseline numpy fancy update:     {fancy_s * 1e3:9.2f} ms")
     print(f"fork of the freshly written map: {fork_times[0] * 1e3:9.1f} ms")
     print(f"re-fork after COW writes:        {statistics.median(fork_times[1:] or fork_times) * 1e3:9.1f} ms"
-          "  (frames no longer consecutive: fancy indexing)")
+          "  (frames scattered by the COW copies)")
     print(f"COW writes:                      {write_s * 1e3:9.1f} ms "
           f"(median {statistics.median(write_times) * 1e3:.1f})")
     print(f"fork / page-table copy       = {fork_s / copy_s:6.2f}   (target <= 10)")

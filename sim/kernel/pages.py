@@ -52,6 +52,8 @@ RUNS_MIN_FRAMES = 4096
 """Below this many frames plain fancy indexing is as fast as run detection."""
 RUNS_MAX = 64
 """Above this many runs of consecutive frames, fancy indexing wins."""
+DENSE_SHARE = 8
+"""A scattered set of at least 1/DENSE_SHARE of all frames is updated through a dense mask."""
 
 
 def frame_runs(frames: FrameArray) -> list[tuple[int, int]] | None:
@@ -87,6 +89,17 @@ class FrameSet:
         self._lowest = lowest
         self._span: tuple[int, int] | bool | None = False  # False: not computed yet
         self._runs: list[tuple[int, int]] | bool | None = False
+        self._mask: npt.NDArray[np.bool_] | None = None
+
+    def _dense(self, size: int) -> npt.NDArray[np.bool_] | None:
+        """A boolean mask over all frames, when the set is a large share of them and not
+        consecutive: one scatter to build, then every update is a whole-array pass."""
+        if self.frames.size < RUNS_MIN_FRAMES or self.frames.size * DENSE_SHARE < size:
+            return None
+        if self._mask is None or self._mask.size != size:
+            self._mask = np.zeros(size, dtype=bool)
+            self._mask[self.frames] = True
+        return self._mask
 
     @property
     def span(self) -> tuple[int, int] | None:
@@ -113,7 +126,14 @@ class FrameSet:
 
     def add(self, array: npt.NDArray[np.int32], delta: int) -> None:
         slices = self._slices()
-        if slices is None:
+        if slices is None and (mask := self._dense(array.size)) is not None:
+            if delta == 1:
+                np.add(array, mask, out=array, casting="unsafe")
+            elif delta == -1:
+                np.subtract(array, mask, out=array, casting="unsafe")
+            else:
+                array += mask.astype(array.dtype) * delta
+        elif slices is None:
             array[self.frames] += delta
         else:
             for start, stop in slices:
@@ -148,7 +168,9 @@ class FrameSet:
 
     def set_flag(self, flags: npt.NDArray[np.uint8], flag: np.uint8) -> None:
         slices = self._slices()
-        if slices is None:
+        if slices is None and (dense := self._dense(flags.size)) is not None:
+            np.bitwise_or(flags, dense.view(np.uint8) * flag, out=flags)
+        elif slices is None:
             flags[self.frames] |= flag
         else:
             for start, stop in slices:
@@ -157,7 +179,9 @@ class FrameSet:
     def clear_flag(self, flags: npt.NDArray[np.uint8], flag: np.uint8) -> None:
         mask = np.uint8(~flag & 0xFF)
         slices = self._slices()
-        if slices is None:
+        if slices is None and (dense := self._dense(flags.size)) is not None:
+            np.bitwise_and(flags, ~(dense.view(np.uint8) * flag), out=flags)
+        elif slices is None:
             flags[self.frames] &= mask
         else:
             for start, stop in slices:
