@@ -162,7 +162,7 @@ def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = N
 
     env = CountingEnvironment()
     costs = cost_model(spec.machine.profile, **spec.machine.costs)
-    machine = Machine(env, spec.machine.cpus, costs)
+    machine = Machine(spec.machine.cpus, costs)
     generation = generation_for(kernel or spec.kernel)
     total_pages = sum(p.memory // PAGE_SIZE for p in spec.processes)
     model = Kernel(generation, max_frames=max(1 << 20, 4 * total_pages + (1 << 16)),

@@ -36,7 +36,7 @@ walk would see them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,13 +103,6 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
         yield pages[start:]
 
 
-def in_runs(k: Kernel, vma: VMA, pages: PageIndex,
-            handle: Callable[[PageIndex], None]) -> None:
-    """Call ``handle`` on each of :func:`split_runs`."""
-    for run in split_runs(k, vma, pages):
-        handle(run)
-
-
 def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
     """The frame each page's fault decision reads: the mapped one, or the swap-cache one."""
     frames = vma.pfn[pages].copy()
@@ -121,7 +114,8 @@ def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
 
 def fault_in_writable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
     """Fault until every page has a present writable PTE (a write, or GUP with FOLL_WRITE)."""
-    in_runs(k, vma, pages, lambda run: _write_run(k, owner, vma, run, cpu))
+    for run in split_runs(k, vma, pages):
+        _write_run(k, owner, vma, run, cpu)
 
 
 def _write_run(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
@@ -269,7 +263,7 @@ def wp_can_reuse(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDArray[np.bool
         reuse = pg.test(frames, PG_anon_exclusive)
     todo = ~reuse & (pg.refcount[frames] <= 3)
     if (todo & pg.test(frames, PG_lru_batch)).any():
-        k.lru_add_drain(cpu)  # only a run of one page can be in a batch (in_runs)
+        k.lru_add_drain(cpu)  # only a run of one page can be in a batch (split_runs)
     in_cache = pg.test(frames, PG_swapcache)
     todo &= pg.refcount[frames] <= 1 + in_cache
     swap.try_to_free_swap(k, frames[todo & in_cache])
@@ -309,12 +303,10 @@ def wp_page_copy(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unsha
 
 def unshare(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
     """FAULT_FLAG_UNSHARE on read-only mapped pages (5.19+ R/O pins)."""
-    def run(chunk: PageIndex) -> None:
-        k.counters.fault("unshare", chunk.size)
-        copied_pages, copied = do_wp_page(k, owner, vma, chunk, unshare=True, cpu=cpu)
+    for run in split_runs(k, vma, pages):
+        k.counters.fault("unshare", run.size)
+        copied_pages, copied = do_wp_page(k, owner, vma, run, unshare=True, cpu=cpu)
         _batch_in_page_order(k, [(copied_pages, copied)], cpu)
-
-    in_runs(k, vma, pages, run)
 
 
 def mark_written(vma: VMA, pages: PageIndex) -> None:

@@ -34,10 +34,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import simpy
 
 from cowsim.sim.kernel import TlbFlush
 from cowsim.sim.kernel.mm import MM
@@ -52,8 +51,6 @@ class Bill:
 
     cpu: int
     ns: float = 0.0
-    ipis: int = 0
-    shootdowns: int = 0
 
 
 @dataclass
@@ -62,16 +59,14 @@ class MachineCounters:
     tlb_ipis: int = 0
     tlb_flushes_local: int = 0
     tlb_misses: float = 0.0
-    ipis_by_cpu: dict[int, int] = field(default_factory=dict)
 
 
 class Machine:
     """N CPUs with per-CPU TLB state, the cost model and shootdown accounting."""
 
-    def __init__(self, env: simpy.Environment, ncpus: int, costs: CostModel) -> None:
+    def __init__(self, ncpus: int, costs: CostModel) -> None:
         if not 1 <= ncpus <= 1024:
             raise ValueError(f"a machine has 1 to 1024 CPUs, not {ncpus}")
-        self.env = env
         self.ncpus = ncpus
         self.costs = costs
         self.owed_ns = np.zeros(ncpus, dtype=np.float64)
@@ -111,8 +106,6 @@ class Machine:
             self._bill = outer
             if outer is not None:
                 outer.ns += bill.ns
-                outer.ipis += bill.ipis
-                outer.shootdowns += bill.shootdowns
 
     def take_owed(self, cpu: int) -> float:
         """IPI handler time the CPU owes, in ns, now charged (and cleared)."""
@@ -135,16 +128,10 @@ class Machine:
             self.counters.tlb_shootdowns += flush.count
             self.counters.tlb_ipis += flush.count * len(remote)
             self.owed_ns[remote] += flush.count * costs.ipi_receiver_ns
-            for target in remote:
-                self.counters.ipis_by_cpu[target] = (
-                    self.counters.ipis_by_cpu.get(target, 0) + flush.count
-                )
         for target in [cpu, *remote]:
             self._invalidate(target, flush.mm, full, flush.count * flush.pages)
         if self._bill is not None:
             self._bill.ns += flush.count * sender_ns
-            self._bill.ipis += flush.count * len(remote)
-            self._bill.shootdowns += flush.count if remote else 0
 
     def _invalidate(self, cpu: int, mm: MM, full: bool, pages: int) -> None:
         key = (cpu, id(mm))
