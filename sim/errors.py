@@ -130,6 +130,7 @@ class KernelOpError(InvalidInput):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message, path=(field,) if field else ())
+        self.args = (field, message)  # type(e)(*e.args) rebuilds it (simpy, pickle)
 
 
 class KernelVersionError(InvalidInput):
