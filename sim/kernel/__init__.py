@@ -19,18 +19,11 @@ oracles        leak, pin_diverged, stale_pin
 =============  ============================================================
 """
 
-from cowsim.sim.kernel.generations import (
-    ERAS,
-    WHAT_IFS,
-    Generation,
-    KernelVersionError,
-    all_generations,
-    generation_for,
-)
-from cowsim.sim.kernel.kernel import Kernel, KernelOpError, TlbFlush
+from cowsim.sim.errors import CapacityError, KernelOpError, KernelVersionError
+from cowsim.sim.kernel.generations import ERAS, WHAT_IFS, Generation, all_generations, generation_for
+from cowsim.sim.kernel.kernel import Kernel, TlbFlush
 from cowsim.sim.kernel.mm import Prot
 from cowsim.sim.kernel.oracles import Violation
-from cowsim.sim.kernel.pages import CapacityError
 
 __all__ = [
     "ERAS",

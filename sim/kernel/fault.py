@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from cowsim.sim.kernel import swap
+from cowsim.sim.kernel import protect, swap
 from cowsim.sim.kernel.generations import WpReuse
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,
@@ -133,8 +133,6 @@ def _write_run(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) 
     # Userfaultfd write-protected PTEs: the monitor un-protects, the write is retried.
     protected = pages[(vma.pte[pages] & _PAGE_UFFD_WP) != 0]
     if protected.size:
-        from cowsim.sim.kernel import protect
-
         k.counters.fault("uffd_wp", protected.size)
         protect.uffd_writeprotect(k, owner, vma, protected, False, cpu=cpu, per_page=True)
     read_only = pages[vma.present(pages) & ((vma.pte[pages] & _PAGE_RW) == 0)]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel import fault, oracles
 from cowsim.sim.kernel.mm import VMA, Prot
 from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_anon_exclusive
@@ -99,8 +100,6 @@ def get_user_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, holder
 
 def check_access(vma: VMA, write: bool) -> None:
     """check_vma_flags(): GUP needs a readable VMA, and a writable one for FOLL_WRITE."""
-    from cowsim.sim.kernel.kernel import KernelOpError
-
     if vma.prot is Prot.NONE:
         raise KernelOpError("region", f"GUP on region {vma.region!r} mapped PROT_NONE: EFAULT")
     if write and vma.prot is not Prot.READ_WRITE:
@@ -138,8 +137,6 @@ def _put_chunk(k: Kernel, chunk: HeldChunk) -> None:
 
 def dma_write(k: Kernel, holder: Holder, value: int) -> None:
     """The device writes into the held frames (on behalf of each chunk's owner)."""
-    from cowsim.sim.kernel.kernel import KernelOpError
-
     if any(not chunk.writable for chunk in holder.chunks):
         raise KernelOpError("id", f"{holder.description} holds read-only references; "
                                   "a device cannot DMA into them")

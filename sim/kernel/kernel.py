@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cowsim.sim.errors import CapacityError, KernelOpError
 from cowsim.sim.kernel import fault, fork, gup, madvise, oracles, proc, protect, swap
 from cowsim.sim.kernel.counters import Counters
 from cowsim.sim.kernel.generations import Generation, generation_for
@@ -30,7 +31,6 @@ from cowsim.sim.kernel.mm import MM, VMA, Process, Prot
 from cowsim.sim.kernel.oracles import Violation
 from cowsim.sim.kernel.pages import (
     ZERO_PFN,
-    CapacityError,
     FrameArray,
     FrameSet,
     PageFrames,
@@ -52,17 +52,6 @@ def _no_zero(frames: FrameArray) -> FrameArray:
         return frames
     nonzero: FrameArray = frames[frames != ZERO_PFN]
     return nonzero
-
-
-class KernelOpError(ValueError):
-    """An operation the simulated kernel refuses (EINVAL, EFAULT, SIGSEGV).
-
-    ``field`` names the scenario field at fault, for one-line error messages.
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel import swap
 from cowsim.sim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, VMA
 
@@ -35,8 +36,6 @@ ADVICE = (*FLAG_ADVICE, "dontneed", "pageout")
 
 def madvise(k: Kernel, owner: Process, vma: VMA, advice: str, pages: npt.ArrayLike | None,
             cpu: int) -> None:
-    from cowsim.sim.kernel.kernel import KernelOpError
-
     if advice in FLAG_ADVICE:
         if pages is not None:
             raise KernelOpError("pages", f"madvise {advice} applies to the whole region here; "

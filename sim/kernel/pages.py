@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cowsim.sim.errors import CapacityError
+
 ZERO_PFN = 0
 """The frame of the shared zero page."""
 
@@ -186,10 +188,6 @@ class FrameSet:
         else:
             for start, stop in slices:
                 flags[start:stop] &= mask
-
-
-class CapacityError(ValueError):
-    """The model was asked to hold more pages than it may."""
 
 
 class PageFrames:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel.generations import ChangeProtWritable
 from cowsim.sim.kernel.mm import (
     _PAGE_DIRTY,
@@ -106,8 +107,6 @@ def _flush_after_change(k: Kernel, owner: Process, touched: PageIndex, removed: 
 
 def uffd_register(vma: VMA) -> None:
     """UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_WP."""
-    from cowsim.sim.kernel.kernel import KernelOpError
-
     if vma.shared:
         raise KernelOpError("region", "uffd-wp on a MAP_SHARED anonymous region is not modelled")
     vma.vm_flags |= VM_UFFD_WP
@@ -121,8 +120,6 @@ def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, pro
     ioctl per page (a monitor resolving each write fault on its own), so one
     flush per page where a flush is due.
     """
-    from cowsim.sim.kernel.kernel import KernelOpError
-
     if not vma.vm_flags & VM_UFFD_WP:
         raise KernelOpError("region", f"region {vma.region!r} is not registered for uffd-wp")
     populated = pages[vma.pfn[pages] >= 0]
