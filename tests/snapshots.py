@@ -27,18 +27,13 @@ import numpy as np
 
 from cowsim.sim.kernel import Kernel
 from cowsim.sim.kernel.mm import (
-    _PAGE_DIRTY,
-    _PAGE_RW,
-    _PAGE_SOFT_DIRTY,
-    _PAGE_SWAP,
-    _PAGE_SWP_EXCLUSIVE,
-    _PAGE_UFFD_WP,
     VM_DONTCOPY,
     VM_SOFTDIRTY,
     VM_UFFD_WP,
     VM_WIPEONFORK,
     WP_CAUSE_MASK,
     WP_CAUSE_SHIFT,
+    Pte,
     WpCause,
 )
 from cowsim.sim.kernel.oracles import Violation
@@ -298,15 +293,15 @@ def raw_kernel(k: Kernel) -> RawModel:
             for pfn, bits in zip(vma.pfn.tolist(), vma.pte.tolist(), strict=True):
                 if pfn < 0:
                     ptes.append(None)
-                elif bits & int(_PAGE_SWAP):
-                    ptes.append(("swap", pfn, bool(bits & int(_PAGE_SOFT_DIRTY)),
-                                 bool(bits & int(_PAGE_UFFD_WP)),
-                                 bool(bits & int(_PAGE_SWP_EXCLUSIVE))))
+                elif bits & Pte.SWAP:
+                    ptes.append(("swap", pfn, bool(bits & Pte.SOFT_DIRTY),
+                                 bool(bits & Pte.UFFD_WP),
+                                 bool(bits & Pte.SWP_EXCLUSIVE)))
                 else:
                     cause = WpCause((bits & int(WP_CAUSE_MASK)) >> WP_CAUSE_SHIFT)
-                    ptes.append(("present", pfn, bool(bits & int(_PAGE_RW)),
-                                 bool(bits & int(_PAGE_DIRTY)), bool(bits & int(_PAGE_SOFT_DIRTY)),
-                                 bool(bits & int(_PAGE_UFFD_WP)), CAUSE_NAMES[cause]))
+                    ptes.append(("present", pfn, bool(bits & Pte.RW),
+                                 bool(bits & Pte.DIRTY), bool(bits & Pte.SOFT_DIRTY),
+                                 bool(bits & Pte.UFFD_WP), CAUSE_NAMES[cause]))
             shmem_key: Hashable | None = None
             if vma.shmem is not None:
                 shmem_key = id(vma.shmem)

@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 
 from cowsim.sim.kernel import Generation, Kernel, KernelOpError
 from cowsim.sim.kernel.counters import COW_CAUSES, FAULT_TYPES
-from cowsim.sim.kernel.mm import _PAGE_RW
 from cowsim.sim.kernel.pages import (
     ZERO_PFN,
     PG_anon,
@@ -76,7 +75,7 @@ def invariant_violations(k: Kernel) -> list[str]:
                 continue
             np.add.at(mapped, real, 1)
             if not vma.shared:
-                rw = np.flatnonzero(present & ((vma.pte & _PAGE_RW) != 0))
+                rw = np.flatnonzero(present & vma.pte_write())
                 writable_private += [(proc.name, vma.region, int(p), int(vma.pfn[p])) for p in rw]
             if vma.shared and (frames == ZERO_PFN).any():
                 problems.append(f"{proc.name}/{vma.region}: shared VMA maps the zero page")

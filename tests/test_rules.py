@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from cowsim.sim.kernel import Kernel, generation_for
-from cowsim.sim.kernel.mm import _PAGE_RW
 from cowsim.sim.kernel.pages import PG_anon_exclusive
 
 ERAS = {"A": "5.4", "A'": "5.8", "B": "5.10", "C": "5.15", "C'": "5.18", "D": "6.1", "E": "6.8"}
@@ -24,7 +23,7 @@ def frame(k: Kernel, proc: str, region: str = "buf", page: int = 0) -> int:
 
 def writable(k: Kernel, proc: str, region: str = "buf", page: int = 0) -> bool:
     _owner, vma = k.vma(proc, region)
-    return bool(vma.pte[page] & _PAGE_RW)
+    return bool(vma.pte_write()[page])
 
 
 def exclusive(k: Kernel, f: int) -> bool:

@@ -45,13 +45,11 @@ import numpy.typing as npt
 from cowsim.sim.kernel import protect, swap
 from cowsim.sim.kernel.generations import WpReuse
 from cowsim.sim.kernel.mm import (
-    _PAGE_DIRTY,
-    _PAGE_RW,
-    _PAGE_SOFT_DIRTY,
-    _PAGE_UFFD_WP,
+    PTE_WRITTEN,
     VM_SOFTDIRTY,
     VMA,
     WP_CAUSE_MASK,
+    Pte,
     WpCause,
     cause_of,
     with_cause,
@@ -59,6 +57,7 @@ from cowsim.sim.kernel.mm import (
 from cowsim.sim.kernel.pages import (
     ZERO_PFN,
     FrameArray,
+    PageIndex,
     PG_anon,
     PG_anon_exclusive,
     PG_lru_batch,
@@ -66,11 +65,9 @@ from cowsim.sim.kernel.pages import (
 )
 
 if TYPE_CHECKING:
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import Process
 
-_WRITTEN = _PAGE_RW | _PAGE_DIRTY | _PAGE_SOFT_DIRTY
-"""A PTE made writable by a write fault: pte_mkwrite(pte_mkdirty()) sets soft-dirty too."""
 
 _CAUSE_NAMES = {
     WpCause.FORK: "fork",
@@ -131,11 +128,11 @@ def _write_run(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) 
     if swapped.size:
         still_read_only = swap.do_swap_page(k, vma, swapped, write=True)
     # Userfaultfd write-protected PTEs: the monitor un-protects, the write is retried.
-    protected = pages[(vma.pte[pages] & _PAGE_UFFD_WP) != 0]
+    protected = pages[(vma.pte[pages] & Pte.UFFD_WP.u16) != 0]
     if protected.size:
         k.counters.fault("uffd_wp", protected.size)
         protect.uffd_writeprotect(k, owner, vma, protected, False, cpu=cpu, per_page=True)
-    read_only = pages[vma.present(pages) & ((vma.pte[pages] & _PAGE_RW) == 0)]
+    read_only = pages[vma.present(pages) & ((vma.pte[pages] & Pte.RW.u16) == 0)]
     if read_only.size:
         # Swap-in's own do_wp_page call is part of the swap fault, not a new fault.
         inline = np.isin(read_only, np.setdiff1d(still_read_only, protected), assume_unique=True)
@@ -182,7 +179,7 @@ def do_anonymous_write(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
     k.frames.mapcount[frames] = 1
     k.frames.refcount[frames] = 1
     vma.pfn[pages] = frames
-    vma.pte[pages] = _WRITTEN
+    vma.pte[pages] = PTE_WRITTEN
     return frames
 
 
@@ -203,7 +200,7 @@ def shmem_fault(k: Kernel, vma: VMA, pages: PageIndex, write: bool, cpu: int) ->
     vma.pfn[pages] = frames
     # Without soft-dirty tracking a shared writable mapping needs no write notification.
     writable = write or (vma.writable and bool(vma.vm_flags & VM_SOFTDIRTY))
-    bits = _WRITTEN if write else (_PAGE_RW if writable else np.uint16(0))
+    bits = PTE_WRITTEN if write else (Pte.RW.u16 if writable else np.uint16(0))
     vma.pte[pages] = np.uint16(bits)
 
 
@@ -214,7 +211,7 @@ def do_wp_page(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unshare
     empty = (pages[:0], np.zeros(0, dtype=np.int32))
     if vma.shared:
         # wp_page_shared(): no COW in a shared mapping, just make the PTE writable.
-        vma.pte[pages] = (vma.pte[pages] & ~WP_CAUSE_MASK) | _WRITTEN
+        vma.pte[pages] = (vma.pte[pages] & ~WP_CAUSE_MASK) | PTE_WRITTEN
         k.counters.add("wp_reuses", pages.size)
         return empty
     frames = vma.pfn[pages]
@@ -228,7 +225,7 @@ def do_wp_page(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unshare
         if k.gen.anon_exclusive:
             k.frames.set(frames[reuse], PG_anon_exclusive)
         if not unshare:
-            vma.pte[reused] = (vma.pte[reused] & ~WP_CAUSE_MASK) | _WRITTEN
+            vma.pte[reused] = (vma.pte[reused] & ~WP_CAUSE_MASK) | PTE_WRITTEN
             k.counters.add("wp_reuses", reused.size)
     copy = ~reuse
     if not copy.any():
@@ -288,9 +285,9 @@ def wp_page_copy(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unsha
     k.frames.mapcount[new] = 1
     k.frames.refcount[new] = 1
     if unshare:
-        vma.pte[pages] = with_cause(old_pte & (_PAGE_SOFT_DIRTY | _PAGE_UFFD_WP), WpCause.UNSHARE)
+        vma.pte[pages] = with_cause(old_pte & (Pte.SOFT_DIRTY | Pte.UFFD_WP).u16, WpCause.UNSHARE)
     else:
-        vma.pte[pages] = _WRITTEN
+        vma.pte[pages] = PTE_WRITTEN
     vma.pfn[pages] = new
     k.flush_tlb(owner.mm, "page", count=int(pages.size), cpu=cpu)
     shared_old = old_frames[~zero]
@@ -309,4 +306,4 @@ def unshare(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> 
 
 def mark_written(vma: VMA, pages: PageIndex) -> None:
     """A store through a writable PTE: the hardware sets the dirty bit (not soft-dirty)."""
-    vma.pte[pages] |= _PAGE_DIRTY
+    vma.pte[pages] |= Pte.DIRTY.u16

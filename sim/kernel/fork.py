@@ -28,23 +28,18 @@ import numpy.typing as npt
 
 from cowsim.sim.kernel.fault import split_runs
 from cowsim.sim.kernel.mm import (
-    _PAGE_DIRTY,
-    _PAGE_RW,
-    _PAGE_SOFT_DIRTY,
-    _PAGE_SWAP,
-    _PAGE_SWP_EXCLUSIVE,
-    _PAGE_UFFD_WP,
     VM_DONTCOPY,
     VM_UFFD_WP,
     VM_WIPEONFORK,
     VMA,
+    Pte,
     WpCause,
     with_cause,
 )
-from cowsim.sim.kernel.pages import ZERO_PFN, FrameSet, PG_anon, PG_anon_exclusive
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameSet, PageIndex, PG_anon, PG_anon_exclusive
 
 if TYPE_CHECKING:
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import Process
 
 
@@ -91,13 +86,13 @@ def _copy_run(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex |
     every = slice(None) if pages is None else pages
     pfn = src.pfn[every]
     pte = src.pte[every]
-    swapped = pte >= _PAGE_SWAP
-    keep_in_child = ~_PAGE_UFFD_WP  # the child VMA is not uffd-registered
+    swapped = pte >= Pte.SWAP.u16
+    keep_in_child = Pte.UFFD_WP.inverted  # the child VMA is not uffd-registered
     if swapped.any():
         # Swap entries: share the slot; the exclusive marker is lost on both sides.
         swap_pages = _positions(pages, swapped)
         np.add.at(k.swap.count, pfn[swapped], 1)
-        src.pte[swap_pages] &= ~_PAGE_SWP_EXCLUSIVE
+        src.pte[swap_pages] &= Pte.SWP_EXCLUSIVE.inverted
         dst.pfn[swap_pages] = src.pfn[swap_pages]
         dst.pte[swap_pages] = src.pte[swap_pages] & keep_in_child
     any_swapped = bool(swapped.any())
@@ -124,8 +119,8 @@ def _copy_run(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex |
         k.frames.clear(shared, PG_anon_exclusive)
     share_at = every if present.all() else _positions(pages, present)
     old = src.pte[share_at]
-    writable = (old & _PAGE_RW) != 0
-    protected = with_cause(old, WpCause.FORK, clear=int(_PAGE_RW))
+    writable = (old & Pte.RW.u16) != 0
+    protected = with_cause(old, WpCause.FORK, clear=Pte.RW)
     if not writable.all():
         protected = np.where(writable, protected, old)
     src.pte[share_at] = protected
@@ -141,16 +136,16 @@ def _copy_whole_fast(k: Kernel, parent: Process, src: VMA, dst: VMA) -> bool:
     if pfn.size == 0 or (k.gen.fork_copies_pinned and parent.mm.has_pinned):
         return False
     lowest = int(pfn.min())
-    if lowest <= ZERO_PFN or pte.max() >= _PAGE_SWAP:
+    if lowest <= ZERO_PFN or pte.max() >= Pte.SWAP.u16:
         return False
-    if not np.bitwise_and.reduce(pte) & _PAGE_RW:
+    if not np.bitwise_and.reduce(pte) & Pte.RW.u16:
         return False
     shared = FrameSet(pfn, lowest=lowest)
     k.get_page(shared, mapping=True)
     if k.gen.anon_exclusive:
         k.frames.clear(shared, PG_anon_exclusive)
-    src.pte = with_cause(pte, WpCause.FORK, clear=int(_PAGE_RW))
-    dst.pte = src.pte & ~_PAGE_UFFD_WP if src.vm_flags & VM_UFFD_WP else src.pte.copy()
+    src.pte = with_cause(pte, WpCause.FORK, clear=Pte.RW)
+    dst.pte = src.pte & Pte.UFFD_WP.inverted if src.vm_flags & VM_UFFD_WP else src.pte.copy()
     dst.pfn = pfn.copy()
     return True
 
@@ -169,8 +164,8 @@ def _early_copy(k: Kernel, src: VMA, dst: VMA, pages: PageIndex, cpu: int) -> No
     frames.mapcount[new] = 1
     frames.refcount[new] = 1
     dst.pfn[pages] = new
-    child_bits = _PAGE_DIRTY | _PAGE_SOFT_DIRTY | (_PAGE_RW if dst.writable else 0)
-    child_pte = (src.pte[pages] & _PAGE_SOFT_DIRTY) | np.uint16(child_bits)
+    child_bits = Pte.DIRTY | Pte.SOFT_DIRTY | (Pte.RW if dst.writable else 0)
+    child_pte = (src.pte[pages] & Pte.SOFT_DIRTY.u16) | child_bits.u16
     # In a region mprotect()ed read-only the copy is mapped read-only: for that reason.
     dst.pte[pages] = child_pte if dst.writable else with_cause(child_pte, WpCause.MPROTECT)
     k.counters.add("cow_copies", pages.size)

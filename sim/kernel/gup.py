@@ -34,10 +34,10 @@ import numpy as np
 from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel import fault, oracles
 from cowsim.sim.kernel.mm import VMA, Prot
-from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_anon_exclusive
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PageIndex, PG_anon, PG_anon_exclusive
 
 if TYPE_CHECKING:
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import Process
 
 

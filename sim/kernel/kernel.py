@@ -34,11 +34,10 @@ from cowsim.sim.kernel.pages import (
     FrameArray,
     FrameSet,
     PageFrames,
+    PageIndex,
     PG_lru_batch,
 )
 from cowsim.sim.kernel.swap import SwapSpace
-
-PageIndex = npt.NDArray[np.int64]
 
 DEFAULT_MAX_FRAMES = 1 << 27
 """Default bound on physical frames: 128 Mi frames = 512 GiB of simulated memory."""

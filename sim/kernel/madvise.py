@@ -20,9 +20,10 @@ import numpy.typing as npt
 from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel import swap
 from cowsim.sim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, VMA
+from cowsim.sim.kernel.pages import PageIndex
 
 if TYPE_CHECKING:
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import Process
 
 FLAG_ADVICE = {

@@ -5,14 +5,24 @@ is two numpy arrays indexed by page number within the region:
 
 * ``pfn`` (int32): the frame a present PTE maps, the swap slot of a swap
   entry, or -1 for an empty (``pte_none``) entry;
-* ``pte`` (uint16): the PTE's bits, below.
+* ``pte`` (uint16): the PTE's bits, :class:`Pte`.
 
-A PTE is *present* when ``pfn >= 0`` and ``_PAGE_SWAP`` is clear.  The bits
-follow x86: ``_PAGE_RW`` (write), ``_PAGE_DIRTY``, ``_PAGE_SOFT_DIRTY``,
-``_PAGE_UFFD_WP``; a swap entry keeps soft-dirty and uffd-wp and, from 5.19,
+A PTE is *present* when ``pfn >= 0`` and :attr:`Pte.SWAP` is clear.  The bits
+follow x86 (``_PAGE_RW``, ``_PAGE_DIRTY``, ``_PAGE_SOFT_DIRTY``,
+``_PAGE_UFFD_WP``); a swap entry keeps soft-dirty and uffd-wp and, from 5.19,
 ``_PAGE_SWP_EXCLUSIVE`` (the page was PageAnonExclusive when swapped out).
 Three more bits record *why* a present PTE is read-only (fork, clear_refs,
 mprotect, uffd-wp, swap-in), so that COW copies can be counted by cause.
+
+Code outside the kernel model asks the VMA instead of reading bits:
+:meth:`VMA.present`, :meth:`VMA.swapped`, :meth:`VMA.populated`,
+:meth:`VMA.pte_write`, :meth:`VMA.read_only` and :meth:`VMA.mapped_frames`
+(``pages=None``: the whole VMA, without building an index array).
+
+A small model: after ``mmap`` of 3 pages, a write to page 0 and a read of
+page 1, ``pfn == [5, 0, -1]`` (frame 5, the zero page, none) and ``pte ==
+[RW|DIRTY|SOFT_DIRTY, 0, 0]``: ``present() == [T, T, F]``, ``read_only() ==
+[F, T, F]``, ``mapped_frames() == [5]``.
 """
 
 from __future__ import annotations
@@ -23,17 +33,57 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from cowsim.sim.kernel.pages import FrameArray
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PageIndex
 
 PteArray = npt.NDArray[np.uint16]
+BoolArray = npt.NDArray[np.bool_]
 
-_PAGE_RW = np.uint16(1 << 0)
-_PAGE_DIRTY = np.uint16(1 << 1)
-_PAGE_SOFT_DIRTY = np.uint16(1 << 2)
-_PAGE_UFFD_WP = np.uint16(1 << 3)
-_PAGE_SWAP = np.uint16(1 << 15)
-"""Not a present PTE but a swap entry: ``pfn`` holds the swap slot."""
-_PAGE_SWP_EXCLUSIVE = np.uint16(1 << 5)
+
+class Pte(enum.IntFlag):
+    """The bits of a page-table entry (``vma.pte``), x86's ``_PAGE_*``.
+
+    An ``IntFlag`` operand turns a uint16 numpy expression into int64, so
+    array arithmetic uses :attr:`u16` (``pte & Pte.RW.u16``) and
+    :attr:`inverted` for clearing (``pte & Pte.RW.inverted``, never ``~Pte.RW``,
+    which inverts only the flag's own members).
+    """
+
+    RW = 1 << 0
+    """_PAGE_RW: writable."""
+    DIRTY = 1 << 1
+    """_PAGE_DIRTY: written since mapped (set by the hardware on a store)."""
+    SOFT_DIRTY = 1 << 2
+    """_PAGE_SOFT_DIRTY: written since the last clear_refs 4 (set by write faults)."""
+    UFFD_WP = 1 << 3
+    """_PAGE_UFFD_WP: userfaultfd write-protected."""
+    SWP_EXCLUSIVE = 1 << 5
+    """_PAGE_SWP_EXCLUSIVE (5.19+, swap entries): the page was PageAnonExclusive."""
+    SWAP = 1 << 15
+    """Not a present PTE but a swap entry: ``pfn`` holds the swap slot (the top bit, so
+    ``pte >= Pte.SWAP`` tests it)."""
+
+    @property
+    def u16(self) -> np.uint16:
+        """The bits as a numpy uint16, for arithmetic on PTE arrays."""
+        return np.uint16(self.value)
+
+    @property
+    def inverted(self) -> np.uint16:
+        """Every other bit as a numpy uint16: ``pte & flag.inverted`` clears ``flag``."""
+        return np.uint16(~self.value & 0xFFFF)
+
+
+# Deprecated aliases: sim/workloads/forking_server.py still imports these; use Pte.
+# To be removed with that import.
+_PAGE_RW = Pte.RW.u16
+_PAGE_SWAP = Pte.SWAP.u16
+_PAGE_UFFD_WP = Pte.UFFD_WP.u16
+
+_SWAP = Pte.SWAP.u16
+_RW = Pte.RW.u16
+
+PTE_WRITTEN = (Pte.RW | Pte.DIRTY | Pte.SOFT_DIRTY).u16
+"""The bits a write fault leaves: ``pte_mkwrite(pte_mkdirty())`` (which sets soft-dirty too)."""
 
 WP_CAUSE_SHIFT = 6
 WP_CAUSE_MASK = np.uint16(0b111 << WP_CAUSE_SHIFT)
@@ -130,11 +180,51 @@ class VMA:
     def writable(self) -> bool:
         return self.prot is Prot.READ_WRITE
 
-    def present(self, pages: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        return (self.pfn[pages] >= 0) & (self.pte[pages] < _PAGE_SWAP)
+    # -- page-table queries (pages=None: the whole VMA, no index array) ----------
+    def _at(self, pages: PageIndex | None) -> tuple[FrameArray, PteArray]:
+        if pages is None:
+            return self.pfn, self.pte
+        return self.pfn[pages], self.pte[pages]
 
-    def swapped(self, pages: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-        return self.pte[pages] >= _PAGE_SWAP  # the top bit
+    def populated(self, pages: PageIndex | None = None) -> BoolArray:
+        """Not ``pte_none``: a present PTE or a swap entry."""
+        pfn = self.pfn if pages is None else self.pfn[pages]
+        out: BoolArray = pfn >= 0
+        return out
+
+    def present(self, pages: PageIndex | None = None) -> BoolArray:
+        """pte_present(): maps a frame (possibly the zero page)."""
+        pfn, pte = self._at(pages)
+        out: BoolArray = (pfn >= 0) & (pte < _SWAP)
+        return out
+
+    def swapped(self, pages: PageIndex | None = None) -> BoolArray:
+        """A swap entry: ``pfn`` is its swap slot."""
+        pte = self.pte if pages is None else self.pte[pages]
+        out: BoolArray = pte >= _SWAP  # the top bit
+        return out
+
+    def pte_write(self, pages: PageIndex | None = None) -> BoolArray:
+        """pte_write(): present and writable (a store needs no fault).  Only present PTEs
+        carry :attr:`Pte.RW`."""
+        pte = self.pte if pages is None else self.pte[pages]
+        out: BoolArray = (pte & _RW) != 0
+        return out
+
+    def read_only(self, pages: PageIndex | None = None) -> BoolArray:
+        """Present and not writable: a store takes a write-protect fault (do_wp_page)."""
+        pfn, pte = self._at(pages)
+        out: BoolArray = (pfn >= 0) & (pte < _SWAP) & ((pte & _RW) == 0)
+        return out
+
+    def mapped_frames(self, pages: PageIndex | None = None, *,
+                      zero_page: bool = False) -> FrameArray:
+        """The frames present PTEs map, in page order.  The shared zero page is left out
+        unless ``zero_page`` (it is never refcounted and costs no memory)."""
+        pfn, pte = self._at(pages)
+        keep = (pfn >= 0 if zero_page else pfn > ZERO_PFN) & (pte < _SWAP)
+        out: FrameArray = pfn[keep]
+        return out
 
     def nbytes(self) -> int:
         total = self.pfn.nbytes + self.pte.nbytes

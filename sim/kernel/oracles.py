@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PG_anon, PG_lru_batch, PG_swapcache
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PageIndex, PG_anon, PG_lru_batch, PG_swapcache
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from cowsim.sim.kernel.gup import Holder
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import VMA, Process
 
 
@@ -94,7 +94,7 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
             if other_vma.shared:
                 continue
             mapped = np.isin(other_vma.pfn, suspects)
-            mapped &= other_vma.present(np.arange(other_vma.npages))
+            mapped &= other_vma.present()
             for other_page in np.flatnonzero(mapped).tolist():
                 frame = int(other_vma.pfn[other_page])
                 page = int(suspect_pages[suspects == frame][0])

@@ -48,6 +48,8 @@ PG_buddy = np.uint8(1 << 4)
 
 IntArray = npt.NDArray[np.int64]
 FrameArray = npt.NDArray[np.int32]
+PageIndex = npt.NDArray[np.int64]
+"""Page numbers within a VMA (ascending and unique where an operation selected them)."""
 
 
 RUNS_MIN_FRAMES = 4096

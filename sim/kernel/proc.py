@@ -26,11 +26,11 @@ import numpy as np
 import numpy.typing as npt
 
 from cowsim.sim.kernel.generations import ClearRefsFlush
-from cowsim.sim.kernel.mm import _PAGE_RW, _PAGE_SOFT_DIRTY, VM_SOFTDIRTY, VMA, WpCause, with_cause
-from cowsim.sim.kernel.pages import ZERO_PFN
+from cowsim.sim.kernel.mm import VM_SOFTDIRTY, VMA, Pte, WpCause, with_cause
+from cowsim.sim.kernel.pages import ZERO_PFN, PageIndex
 
 if TYPE_CHECKING:
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import Process
 
 
@@ -43,18 +43,18 @@ def clear_refs_soft_dirty(k: Kernel, owner: Process, cpu: int) -> None:
             continue
         present = populated[vma.present(populated)]
         swapped = populated[vma.swapped(populated)]
-        vma.pte[swapped] &= ~_PAGE_SOFT_DIRTY
+        vma.pte[swapped] &= Pte.SOFT_DIRTY.inverted
         pte = vma.pte[present]
         protect = np.ones(present.size, dtype=bool)
         if k.gen.clear_refs_skips_pinned and vma.is_cow_mapping and owner.mm.has_pinned:
             frames = vma.pfn[present]
             real = frames != ZERO_PFN
             pinned = real & k.frames.maybe_dma_pinned(np.where(real, frames, 0))
-            protect &= ~(((pte & _PAGE_RW) != 0) & pinned)
+            protect &= ~(((pte & Pte.RW.u16) != 0) & pinned)
         chosen = present[protect]
         old = vma.pte[chosen]
-        was_writable = (old & _PAGE_RW) != 0
-        cleared = old & ~(_PAGE_RW | _PAGE_SOFT_DIRTY)
+        was_writable = (old & Pte.RW.u16) != 0
+        cleared = old & (Pte.RW | Pte.SOFT_DIRTY).inverted
         vma.pte[chosen] = np.where(was_writable, with_cause(cleared, WpCause.CLEAR_REFS), cleared)
     if k.gen.clear_refs_flush is not ClearRefsFlush.NONE:
         k.flush_tlb(owner.mm, "mm", cpu=cpu)
@@ -65,7 +65,7 @@ def pagemap(k: Kernel, owner: Process, vma: VMA,
     """The pagemap bits of each page: present, swapped, soft_dirty, exclusive."""
     present = vma.present(pages)
     swapped = vma.swapped(pages)
-    soft = ((vma.pte[pages] & _PAGE_SOFT_DIRTY) != 0) | bool(vma.vm_flags & VM_SOFTDIRTY)
+    soft = ((vma.pte[pages] & Pte.SOFT_DIRTY.u16) != 0) | bool(vma.vm_flags & VM_SOFTDIRTY)
     frames = vma.pfn[pages]
     real = present & (frames != ZERO_PFN)
     exclusive = real & (k.frames.mapcount[np.where(real, frames, 0)] == 1)

@@ -30,22 +30,19 @@ import numpy.typing as npt
 from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel.generations import ChangeProtWritable
 from cowsim.sim.kernel.mm import (
-    _PAGE_DIRTY,
-    _PAGE_RW,
-    _PAGE_SOFT_DIRTY,
-    _PAGE_UFFD_WP,
     VM_SOFTDIRTY,
     VM_UFFD_WP,
     VMA,
     WP_CAUSE_MASK,
     Prot,
+    Pte,
     WpCause,
     with_cause,
 )
-from cowsim.sim.kernel.pages import ZERO_PFN, PG_anon_exclusive
+from cowsim.sim.kernel.pages import ZERO_PFN, PageIndex, PG_anon_exclusive
 
 if TYPE_CHECKING:
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import Process
 
 
@@ -56,39 +53,39 @@ def can_change_pte_writable(k: Kernel, vma: VMA, pages: PageIndex) -> npt.NDArra
     if vma.shared:
         # Shared: writable unless soft-dirty tracking wants the write fault.
         tracked = not (vma.vm_flags & VM_SOFTDIRTY)
-        ok: npt.NDArray[np.bool_] = (pte & _PAGE_UFFD_WP) == 0
+        ok: npt.NDArray[np.bool_] = (pte & Pte.UFFD_WP.u16) == 0
         if tracked:
-            ok &= (pte & _PAGE_SOFT_DIRTY) != 0
+            ok &= (pte & Pte.SOFT_DIRTY.u16) != 0
         return ok
     if rule is ChangeProtWritable.NEVER:
         return np.zeros(pages.size, dtype=bool)
     frames = vma.pfn[pages]
     real = frames != ZERO_PFN
     ok = real & k.frames.test(np.where(real, frames, 0), PG_anon_exclusive)
-    ok &= (pte & _PAGE_UFFD_WP) == 0
+    ok &= (pte & Pte.UFFD_WP.u16) == 0
     if not vma.vm_flags & VM_SOFTDIRTY:
-        ok &= (pte & _PAGE_SOFT_DIRTY) != 0  # soft-dirty tracking needs the write fault
+        ok &= (pte & Pte.SOFT_DIRTY.u16) != 0  # soft-dirty tracking needs the write fault
     if rule is ChangeProtWritable.DIRTY_EXCLUSIVE:
-        ok &= (pte & _PAGE_DIRTY) != 0
+        ok &= (pte & Pte.DIRTY.u16) != 0
     return ok
 
 
 def mprotect(k: Kernel, owner: Process, vma: VMA, prot: Prot, cpu: int) -> None:
     """mprotect() on the whole region."""
     vma.prot = prot
-    pages = np.flatnonzero(vma.present(np.arange(vma.npages)))
+    pages = np.flatnonzero(vma.present())
     if pages.size == 0:
         return
     pte = vma.pte[pages]
-    was_writable = (pte & _PAGE_RW) != 0
+    was_writable = (pte & Pte.RW.u16) != 0
     if prot is Prot.READ_WRITE:
         upgrade = ~was_writable & can_change_pte_writable(k, vma, pages)
         up = pages[upgrade]
-        vma.pte[up] = (vma.pte[up] & ~WP_CAUSE_MASK) | _PAGE_RW
+        vma.pte[up] = (vma.pte[up] & ~WP_CAUSE_MASK) | Pte.RW.u16
         removed = False
     else:
         down = pages[was_writable]
-        vma.pte[down] = with_cause(vma.pte[down] & ~_PAGE_RW, WpCause.MPROTECT)
+        vma.pte[down] = with_cause(vma.pte[down] & Pte.RW.inverted, WpCause.MPROTECT)
         removed = bool(down.size)
     _flush_after_change(k, owner, pages, removed, cpu)
 
@@ -128,19 +125,19 @@ def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, pro
     present = populated[vma.present(populated)]
     swapped = populated[vma.swapped(populated)]
     if protect:
-        vma.pte[swapped] |= _PAGE_UFFD_WP
-        was_writable = (vma.pte[present] & _PAGE_RW) != 0
-        vma.pte[present] = with_cause((vma.pte[present] & ~_PAGE_RW) | _PAGE_UFFD_WP,
+        vma.pte[swapped] |= Pte.UFFD_WP.u16
+        was_writable = (vma.pte[present] & Pte.RW.u16) != 0
+        vma.pte[present] = with_cause((vma.pte[present] & Pte.RW.inverted) | Pte.UFFD_WP.u16,
                                       WpCause.UFFD_WP)
         removed = bool(was_writable.any())
     else:
-        vma.pte[swapped] &= ~_PAGE_UFFD_WP
-        vma.pte[present] &= ~_PAGE_UFFD_WP
+        vma.pte[swapped] &= Pte.UFFD_WP.inverted
+        vma.pte[present] &= Pte.UFFD_WP.inverted
         if vma.writable:
             # ≤5.19 leaves the PTE read-only; 6.0+ MM_CP_TRY_CHANGE_WRITABLE.
-            read_only = present[(vma.pte[present] & _PAGE_RW) == 0]
+            read_only = present[(vma.pte[present] & Pte.RW.u16) == 0]
             up = read_only[can_change_pte_writable(k, vma, read_only)]
-            vma.pte[up] = (vma.pte[up] & ~WP_CAUSE_MASK) | _PAGE_RW
+            vma.pte[up] = (vma.pte[up] & ~WP_CAUSE_MASK) | Pte.RW.u16
         removed = False
     _flush_after_change(k, owner, present, removed, cpu,
                         calls=int(present.size) if per_page and present.size else 1)

@@ -34,26 +34,16 @@ import numpy.typing as npt
 
 from cowsim.sim.kernel.generations import SwapinReuse
 from cowsim.sim.kernel.mm import (
-    _PAGE_DIRTY,
-    _PAGE_RW,
-    _PAGE_SOFT_DIRTY,
-    _PAGE_SWAP,
-    _PAGE_SWP_EXCLUSIVE,
-    _PAGE_UFFD_WP,
+    PTE_WRITTEN,
     VMA,
+    Pte,
     WpCause,
     with_cause,
 )
-from cowsim.sim.kernel.pages import (
-    ZERO_PFN,
-    FrameArray,
-    PG_anon,
-    PG_anon_exclusive,
-    PG_swapcache,
-)
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PageIndex, PG_anon, PG_anon_exclusive, PG_swapcache
 
 if TYPE_CHECKING:
-    from cowsim.sim.kernel.kernel import Kernel, PageIndex
+    from cowsim.sim.kernel.kernel import Kernel
     from cowsim.sim.kernel.mm import Process
 
 
@@ -170,10 +160,10 @@ def pageout(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> 
     # try_to_unmap(): the PTE becomes a swap entry keeping soft-dirty/uffd-wp (and exclusivity).
     slots = slots_of[frames]
     old = vma.pte[pages]
-    new = (old & (_PAGE_SOFT_DIRTY | _PAGE_UFFD_WP)) | _PAGE_SWAP
+    new = (old & (Pte.SOFT_DIRTY | Pte.UFFD_WP).u16) | Pte.SWAP.u16
     if k.gen.anon_exclusive:
         exclusive = k.frames.test(frames, PG_anon_exclusive)
-        new = np.where(exclusive, new | _PAGE_SWP_EXCLUSIVE, new)
+        new = np.where(exclusive, new | Pte.SWP_EXCLUSIVE.u16, new)
         k.frames.clear(frames, PG_anon_exclusive)
     vma.pte[pages] = new
     vma.pfn[pages] = slots
@@ -207,7 +197,7 @@ def do_swap_page(k: Kernel, vma: VMA, pages: PageIndex, write: bool) -> PageInde
     k.swap.count[slots] -= 1  # swap_free(): this PTE no longer uses the slot
     exclusive = np.zeros(pages.size, dtype=bool)
     if k.gen.anon_exclusive:
-        exclusive = (old & _PAGE_SWP_EXCLUSIVE) != 0
+        exclusive = (old & Pte.SWP_EXCLUSIVE.u16) != 0
     writable = np.zeros(pages.size, dtype=bool)
     if k.gen.swapin_reuse is SwapinReuse.MAPCOUNT:
         # Map first, then reuse_swap_page(): mapcount + swap count <= 1.
@@ -230,10 +220,10 @@ def do_swap_page(k: Kernel, vma: VMA, pages: PageIndex, write: bool) -> PageInde
         k.frames.set(frames[exclusive | (sole & k.gen.anon_exclusive)], PG_anon_exclusive)
         if write:
             writable = exclusive | sole
-    writable &= (old & _PAGE_UFFD_WP) == 0
-    keep = old & (_PAGE_SOFT_DIRTY | _PAGE_UFFD_WP)
+    writable &= (old & Pte.UFFD_WP.u16) == 0
+    keep = old & (Pte.SOFT_DIRTY | Pte.UFFD_WP).u16
     read_only = with_cause(keep, WpCause.SWAPIN)
-    vma.pte[pages] = np.where(writable, keep | _PAGE_RW | _PAGE_DIRTY | _PAGE_SOFT_DIRTY, read_only)
+    vma.pte[pages] = np.where(writable, keep | PTE_WRITTEN, read_only)
     vma.pfn[pages] = frames
     k.swap.release(slots)
     return pages[~writable] if write else pages[:0]
