@@ -13,8 +13,13 @@ Conventions
 **Numbers** are decimal, optionally with a fraction and an exponent
 (``1.5``, ``.5``, ``2e6``); a space between number and unit is allowed
 (``"64 GiB"``).  Negative values, NaN, infinities, booleans and empty strings
-are rejected.  A plain number (``4096``, ``0.25``, or the string ``"4096"``) is
-taken in the base unit.
+are rejected, and so is a result too large to be a finite float
+(``"1e400s"``): hostile text cannot smuggle in ``inf``.  A quantity string is
+at most :data:`MAX_QUANTITY_CHARS` characters and its exponent at most
+:data:`MAX_EXPONENT` in size, so parsing never builds a huge integer.  Ranges
+(how long a duration may be) are the fields' business, not this module's.
+A plain number (``4096``, ``0.25``, or the string ``"4096"``) is taken in
+the base unit.
 
 **Bytes** (:func:`parse_bytes`, :data:`Bytes`): binary prefixes are powers of
 1024 (``KiB MiB GiB TiB PiB``; the ``B`` may be dropped, ``"64Gi"``, and case
@@ -77,6 +82,8 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, WithJsonSchema
 
 __all__ = [
+    "MAX_EXPONENT",
+    "MAX_QUANTITY_CHARS",
     "Bytes",
     "Count",
     "Rate",
@@ -115,6 +122,11 @@ _SECONDS = {
 _MULTIPLIERS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9}
 """Count and rate multipliers: always powers of 1000."""
 
+MAX_QUANTITY_CHARS = 64
+"""The longest quantity string accepted (``"1.5 GiB"`` needs 7)."""
+MAX_EXPONENT = 400
+"""The largest exponent accepted in a number (``1e400``); larger ones would only overflow."""
+
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _QUANTITY = re.compile(rf"(?P<number>{_NUMBER})\s*(?P<unit>.*)", re.DOTALL)
 _PER = re.compile(r"(?P<multiplier>[^/\s]*)\s*/\s*(?P<per>.*)", re.DOTALL)
@@ -129,8 +141,25 @@ _EXAMPLES = {
 # -- parsing -------------------------------------------------------------------------
 
 
+def _shown(value: object) -> str:
+    """``repr(value)``, cut short: a hostile megabyte string must not fill the error line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _fail(kind: str, value: object, reason: str) -> ValueError:
-    return ValueError(f"invalid {kind} {value!r}: {reason}; write e.g. {_EXAMPLES[kind]}")
+    return ValueError(f"invalid {kind} {_shown(value)}: {reason}; write e.g. {_EXAMPLES[kind]}")
+
+
+def _finite(exact: Fraction, kind: str, value: object) -> float:
+    """``float(exact)``, refusing results that overflow to infinity."""
+    try:
+        result = float(exact)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise _fail(kind, value, "too large (not a finite number)")
+    return result
 
 
 def _split(value: object, kind: str) -> tuple[Fraction, str]:
@@ -150,11 +179,16 @@ def _split(value: object, kind: str) -> tuple[Fraction, str]:
         text = value.strip()
         if not text:
             raise _fail(kind, value, "empty")
+        if len(text) > MAX_QUANTITY_CHARS:
+            raise _fail(kind, value, f"longer than {MAX_QUANTITY_CHARS} characters")
         match = _QUANTITY.fullmatch(text)
         if match is None:
             if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
                 raise _fail(kind, value, "not a finite number")
             raise _fail(kind, value, "does not start with a number")
+        exponent = match["number"].lower().partition("e")[2]
+        if exponent and abs(int(exponent)) > MAX_EXPONENT:
+            raise _fail(kind, value, f"exponent beyond ±{MAX_EXPONENT}")
         number = Fraction(match["number"])
         unit = match["unit"].strip()
     else:
@@ -213,15 +247,15 @@ def parse_seconds(value: object) -> float:
     """A duration (``"250us"``, ``"1.5ms"``, ``"2s"``, ``"5min"``, ``0.25``) in seconds."""
     number, unit = _split(value, "duration")
     if unit == "":
-        return float(number)
-    return float(number * _seconds_per_unit(unit, "duration", value))
+        return _finite(number, "duration", value)
+    return _finite(number * _seconds_per_unit(unit, "duration", value), "duration", value)
 
 
 def parse_rate(value: object) -> float:
     """A rate (``"100k/s"``, ``"2M/s"``, ``"1/ms"``, ``50``) in events per second."""
     number, unit = _split(value, "rate")
     if unit == "":
-        return float(number)
+        return _finite(number, "rate", value)
     match = _PER.fullmatch(unit)
     if match is None:
         raise _fail("rate", value, f"a rate needs a time unit after '/', as in '{value}/s'"
@@ -230,7 +264,7 @@ def parse_rate(value: object) -> float:
     if multiplier not in _MULTIPLIERS:
         raise _fail("rate", value, f"unknown multiplier {multiplier!r} (use k, M or G)")
     per = _seconds_per_unit(match["per"].strip(), "rate", value)
-    return float(number * _MULTIPLIERS[multiplier] / per)
+    return _finite(number * _MULTIPLIERS[multiplier] / per, "rate", value)
 
 
 def parse_count(value: object) -> int:

@@ -76,9 +76,9 @@ def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize(("edit", "fragment"), [
     (("duration: 0.2s", "duration: soon"), "field 'duration'"),
-    (("memory: 4MiB", "memory: 4 furlongs"), "field 'processes.0.memory'"),
-    (("rate: 20k/s", "rate: -5/s"), "field 'processes.0.workloads.0.forking_server.requests.rate'"),
-    (("kind: forking_server", "kind: mystery"), "field 'processes.0.workloads.0'"),
+    (("memory: 4MiB", "memory: 4 furlongs"), "field 'processes[0].memory'"),
+    (("rate: 20k/s", "rate: -5/s"), "field 'processes[0].workloads[0].requests.rate'"),
+    (("kind: forking_server", "kind: mystery"), "field 'processes[0].workloads[0]'"),
     (("cpus: 2", "cpus: 5000"), "field 'machine.cpus'"),
     (("cpus: 2", "cpus: 2, costs: {ipi_base: 3}"), "field 'machine'"),
     (("mode: periodic, every: 50ms", "mode: periodic"), "'every'"),

@@ -19,6 +19,20 @@ the fault, fork or GUP code, which only read the fields below.
 
 Where the reference marks a version uncertain ([U]) the entry says so in its
 ``note``; changing the reading is a one-line edit of that entry's version.
+
+Which names are kernels
+-----------------------
+
+A version must name a real mainline release line: 4.0–4.20, 5.0–5.19 and
+6.0 up to :data:`NEWEST_KNOWN_VERSION` (6.18, the newest release whose rules
+cowsim has checked against ``docs/kernel-semantics.md``), optionally with a
+stable suffix (``5.10.120`` follows mainline 5.10: backports are not
+modelled).  ``5.100`` or ``4.21`` is no release, ``3.10`` is older than
+cowsim models, and ``6.19`` or ``7.0`` is newer than it knows: each is refused
+with a :class:`~cowsim.sim.errors.KernelVersionError` saying what to use
+instead (for a newer kernel: the newest known version, or era ``E``, whose
+rules it most likely follows).  Era ids (``B``, ``era-B``, ``c'``) and
+what-if names are accepted too; :func:`generations_for` also takes ``all``.
 """
 
 from __future__ import annotations
@@ -29,6 +43,31 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cowsim.sim.errors import KernelVersionError
+
+__all__ = [
+    "ERAS",
+    "NEWEST_KNOWN_VERSION",
+    "OLDEST_VERSION",
+    "RELEASE_LINES",
+    "RULE_CHANGES",
+    "WHAT_IFS",
+    "ChangeProtWritable",
+    "ClearRefsFlush",
+    "Era",
+    "Generation",
+    "KernelVersionError",
+    "RuleChange",
+    "SwapinReuse",
+    "WpReuse",
+    "all_generations",
+    "changes_in",
+    "era_of",
+    "generation_for",
+    "generations_for",
+    "kernel_choices",
+    "parse_version",
+]
 
 class WpReuse(enum.Enum):
     """How ``do_wp_page`` decides whether a write may reuse an anonymous page."""
@@ -212,6 +251,11 @@ class Era:
 
 
 OLDEST_VERSION = (4, 0)
+"""The oldest release cowsim models."""
+NEWEST_KNOWN_VERSION = (6, 18)
+"""The newest mainline release cowsim knows; later ones are refused (their rules are unknown)."""
+RELEASE_LINES: dict[int, int] = {4: 20, 5: 19, 6: NEWEST_KNOWN_VERSION[1]}
+"""Major version → its last minor release (4.20 was followed by 5.0, 5.19 by 6.0)."""
 
 ERAS: tuple[Era, ...] = (
     Era("A", OLDEST_VERSION, (5, 7), (5, 4),
@@ -241,11 +285,8 @@ def era_of(version: tuple[int, int]) -> Era:
     for era in reversed(ERAS):
         if version >= era.first:
             return era
-    raise KernelVersionError(f"kernel {_fmt(version)} is older than {_fmt(OLDEST_VERSION)}")
-
-
-class KernelVersionError(ValueError):
-    """A kernel name that is neither a known version, an era id nor a what-if."""
+    raise KernelVersionError(f"kernel {_fmt(version)} is older than {_fmt(OLDEST_VERSION)}, "
+                             "the oldest cowsim models")
 
 
 def _fold(version: tuple[int, int], name: str) -> Generation:
@@ -268,22 +309,75 @@ WHAT_IFS: dict[str, tuple[str, dict[str, Any], str]] = {
 """Proposals that never merged: name → (base version, rule overrides, source)."""
 
 
-_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?$")
+_VERSION_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})(?:\.(\d{1,4}))?$")
+_MAX_NAME_CHARS = 40
 
 
-def parse_version(text: str) -> tuple[int, int]:
-    """Parse "5.10" or "5.10.120" (stable suffix ignored) into (major, minor)."""
+def kernel_choices(*, allow_all: bool = False) -> str:
+    """What a kernel name may be, for error messages."""
+    lines = ", ".join(f"{major}.0–{major}.{last}" for major, last in RELEASE_LINES.items())
+    eras = ", ".join(era.id for era in ERAS)
+    what_ifs = ", ".join(WHAT_IFS)
+    text = f"a version ({lines}, e.g. 5.10), an era id ({eras}) or a what-if ({what_ifs})"
+    if allow_all:
+        text += ", or 'all' (one version per era)"
+    return text
+
+
+def _refuse(text: str, reason: str, allow_all: bool) -> KernelVersionError:
+    shown = text if len(text) <= _MAX_NAME_CHARS else text[:_MAX_NAME_CHARS] + "…"
+    return KernelVersionError(f"kernel {shown!r} {reason}; use {kernel_choices(allow_all=allow_all)}")
+
+
+def parse_version(text: str, *, allow_all: bool = False) -> tuple[int, int]:
+    """Parse "5.10" or "5.10.120" (stable suffix ignored) into (major, minor).
+
+    The version must be a real release line (4.0–4.20, 5.0–5.19, 6.0–6.18):
+    older, newer and non-existent ones (``5.100``) raise KernelVersionError.
+    """
     match = _VERSION_RE.match(text.strip())
     if not match:
-        raise KernelVersionError(f"not a kernel version: {text!r}")
-    return int(match.group(1)), int(match.group(2))
+        raise _refuse(text, "is not a kernel version", allow_all)
+    version = int(match.group(1)), int(match.group(2))
+    if version < OLDEST_VERSION:
+        raise KernelVersionError(
+            f"kernel {text.strip()} is older than {_fmt(OLDEST_VERSION)}, the oldest cowsim models; "
+            f"use {_fmt(OLDEST_VERSION)} or later"
+        )
+    if version > NEWEST_KNOWN_VERSION:
+        raise KernelVersionError(
+            f"kernel {text.strip()} is newer than {_fmt(NEWEST_KNOWN_VERSION)}, the newest release "
+            f"cowsim knows (its rules are not modelled yet); use {_fmt(NEWEST_KNOWN_VERSION)} or "
+            f"era E ({ERAS[-1].range_label}), whose rules a newer kernel most likely follows"
+        )
+    last = RELEASE_LINES.get(version[0])
+    if last is None or version[1] > last:
+        raise _refuse(text.strip(), f"is not a Linux release ({version[0]}.x ended at "
+                                    f"{version[0]}.{last})" if last is not None
+                      else "is not a Linux release", allow_all)
+    return version
 
 
 def generation_for(name: str) -> Generation:
     """The rule set for a version ("4.19", "5.10", "6.8"), an era id ("B", "C'") or a what-if.
 
     Stable-branch backports are not modelled: "5.10.120" follows mainline 5.10.
+    Anything else raises :class:`KernelVersionError` (no path: the caller places
+    it with :meth:`~cowsim.sim.errors.InvalidInput.within`).
     """
+    return _generation_for(name, allow_all=False)
+
+
+def generations_for(name: str) -> list[Generation]:
+    """Like :func:`generation_for`, and ``all`` gives one generation per era."""
+    if isinstance(name, str) and name.strip().lower() == "all":
+        return all_generations()
+    return [_generation_for(name, allow_all=True)]
+
+
+def _generation_for(name: str, *, allow_all: bool) -> Generation:
+    if not isinstance(name, str):
+        raise KernelVersionError(f"a kernel is a string like '5.10', not {type(name).__name__}")
     text = name.strip()
     if text in WHAT_IFS:
         base, overrides, _source = WHAT_IFS[text]
@@ -291,11 +385,10 @@ def generation_for(name: str) -> Generation:
     for era in ERAS:
         if text.upper() == era.id.upper() or text == f"era-{era.id}":
             return _fold(era.representative, _fmt(era.representative))
-    version = parse_version(text)
-    if version < OLDEST_VERSION:
-        raise KernelVersionError(
-            f"kernel {text} is older than {_fmt(OLDEST_VERSION)}, the oldest cowsim models"
-        )
+    if text.lower() == "all":
+        raise KernelVersionError("'all' names several kernels; here give one: "
+                                 + kernel_choices())
+    version = parse_version(text, allow_all=allow_all)
     return _fold(version, text)
 
 

@@ -6,6 +6,11 @@ run.  The result has exactly the keys of the design's JSON interface.  An
 operation the simulated kernel refuses (writing a read-only region, GUP on an
 unmapped one, releasing an unknown id …) is invalid input: a
 :class:`ScenarioError` naming the step and field.
+
+The kernel model is built with the frames bound that
+:func:`~cowsim.sim.scenario.capacity.check_capacity` computed, so a scenario
+it accepted never runs out of frames; one it refuses is refused here too,
+before the first step.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cowsim.sim.kernel import CapacityError, Generation, Kernel, KernelOpError, Violation
+from cowsim.sim.budget import Budget
+from cowsim.sim.errors import BudgetExceeded, InvalidInput
+from cowsim.sim.kernel import Generation, Kernel, Violation
 from cowsim.sim.scenario import schema as s
+from cowsim.sim.scenario.capacity import check_capacity
 from cowsim.sim.scenario.loader import ScenarioError
 
 SUMMARY_COUNTERS = ("page_faults", "cow_copies", "wp_reuses", "tlb_flushes")
@@ -47,6 +55,10 @@ class ScenarioResult:
     expectations: list[Expectation] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    frames_peak: int = 0
+    """The most page frames the kernel model held at once (not part of the JSON)."""
+    max_frames: int = 0
+    """The frames bound the model was built with (check_capacity's; not part of the JSON)."""
 
     @property
     def ok(self) -> bool:
@@ -90,8 +102,9 @@ def _values_check(values: npt.NDArray[np.uint32], expected: int) -> tuple[bool, 
 
 
 class _Run:
-    def __init__(self, scenario: s.Scenario, file: str, generation: Generation) -> None:
-        self.kernel = Kernel(generation)
+    def __init__(self, scenario: s.Scenario, file: str, generation: Generation,
+                 max_frames: int) -> None:
+        self.kernel = Kernel(generation, max_frames=max_frames)
         self.result = ScenarioResult(scenario=scenario.name, file=file, kernel=generation.label,
                                      era=generation.era)
         self.file = file
@@ -198,17 +211,22 @@ class _Run:
                                f"{step.proc} {step.region} {_pages_label(step.selected())}")
 
 
-def run_scenario(scenario: s.Scenario, generation: Generation, file: str = "<scenario>"
-                 ) -> ScenarioResult:
-    """Run every step on a fresh kernel of ``generation``."""
-    run = _Run(scenario, file, generation)
+def run_scenario(scenario: s.Scenario, generation: Generation, file: str = "<scenario>", *,
+                 budget: Budget | None = None) -> ScenarioResult:
+    """Run every step on a fresh kernel of ``generation`` (refused up front, with
+    BudgetExceeded, if it does not fit ``budget``; default :meth:`Budget.from_env`)."""
+    run = _Run(scenario, file, generation, check_capacity(scenario, file, budget))
     for index, step in enumerate(scenario.steps):
         try:
             run.step(index, step)
-        except KernelOpError as exc:
-            raise ScenarioError(file, str(exc), step=index, op=step.op, field=exc.field) from None
-        except CapacityError as exc:
-            raise ScenarioError(file, str(exc), step=index, op=step.op, field="pages") from None
+        except BudgetExceeded as exc:  # CapacityError: cannot happen within the bound
+            raise BudgetExceeded(exc.message, path=("steps", index, "pages"), source=file,
+                                 op=step.op) from None
+        except InvalidInput as exc:  # KernelOpError: the simulated kernel refused the step
+            raise ScenarioError(file, exc.message, op=step.op,
+                                path=("steps", index, *exc.path)) from None
     run.result.violations = list(run.kernel.violations)
     run.result.counters = dict(run.kernel.counters)
+    run.result.frames_peak = run.kernel.frames.nr_used - 1
+    run.result.max_frames = run.kernel.frames.max_frames
     return run.result

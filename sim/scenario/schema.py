@@ -10,21 +10,29 @@ one-line messages naming the file, step index and field.
 (``"0-15"``), a list (``[0, 2, 5]``), or omitted for the whole region.  In
 ``mmap`` it is the region's size instead.  Values are integers from 0 to
 2**32-1 (a page's content is modelled as one 32-bit value).
+
+A selector is checked by one validator (:func:`check_selector`) rather than a
+pydantic union, so a wrong one gets one message saying what a selector may
+be, on the field ``pages`` itself (never ``pages.int``); a page index is at
+most :data:`MAX_PAGE_INDEX` (the model's largest region), so no number beyond
+int64 reaches numpy.  Names are at most 200 characters; a scenario has at most
+:data:`MAX_STEPS` steps.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     StrictBool,
     StrictInt,
     StrictStr,
-    field_validator,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -32,8 +40,12 @@ from cowsim.sim.kernel.counters import COUNTER_NAMES
 
 Name = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Value = Annotated[StrictInt, Field(ge=0, le=2**32 - 1)]
-PageNumber = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
 MAX_SELECTOR_PAGES = 1 << 30
+MAX_PAGE_INDEX = MAX_SELECTOR_PAGES - 1
+"""The largest page index: regions have at most 2**30 pages."""
+PageNumber = Annotated[StrictInt, Field(ge=0, le=MAX_PAGE_INDEX)]
+MAX_STEPS = 100_000
+SELECTOR_FORMS = "a page index like 3, a range like '0-15', a list like [0, 2, 5], or omitted"
 
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
@@ -51,6 +63,8 @@ def parse_selector(raw: int | str | list[int] | None) -> list[int] | range | Non
                 return [int(raw)]
             raise ValueError(f"page range must look like '0-15', not {raw!r}")
         first, last = int(match.group(1)), int(match.group(2))
+        if last > MAX_PAGE_INDEX:
+            raise ValueError(f"page range {raw!r} goes beyond page {MAX_PAGE_INDEX:,}")
         if last < first:
             raise ValueError(f"page range {raw!r} ends before it starts")
         if last - first + 1 > MAX_SELECTOR_PAGES:
@@ -59,20 +73,64 @@ def parse_selector(raw: int | str | list[int] | None) -> list[int] | range | Non
     return list(raw)
 
 
-Selector = StrictInt | StrictStr | list[PageNumber] | None
+def _page_index(value: object, where: str = "page index") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= MAX_PAGE_INDEX:
+        shown = str(value) if abs(value) < 10**30 else f"{str(value)[:12]}… ({len(str(value))} digits)"
+        raise ValueError(f"{where} {shown} is out of range 0 … {MAX_PAGE_INDEX:,}")
+    return value
+
+
+def check_selector(value: object) -> int | str | list[int] | None:
+    """A valid ``pages`` selector, unchanged; else ValueError saying what a selector may be."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _page_index(value)
+    if isinstance(value, str):
+        if len(value) > 64:
+            raise ValueError(f"a page selector is {SELECTOR_FORMS}; this string is too long")
+        selected = parse_selector(value)
+        if isinstance(selected, list):
+            _page_index(selected[0])
+        return value
+    if isinstance(value, list):
+        for number, item in enumerate(value):
+            _page_index(item, f"page index at position {number}")
+        return list(value)
+    raise ValueError(f"a page selector is {SELECTOR_FORMS}, not {type(value).__name__}")
+
+
+def check_value(value: object) -> bool | int | None:
+    """An expectation's value: an integer 0 … 2**32-1, or true/false for same_frame."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int) and 0 <= value <= 2**32 - 1:
+        return value
+    raise ValueError("a value is an integer 0 … 2**32-1 (true or false for same_frame)")
+
+
+Selector = Annotated[
+    int | str | list[int] | None,
+    PlainValidator(check_selector),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_PAGE_INDEX},
+                              {"type": "string", "pattern": r"^\s*\d+\s*(-\s*\d+\s*)?$"},
+                              {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                              {"type": "null"}]}),
+]
+"""``pages``: an index, a range string, a list of indices, or None (the whole region)."""
+
+ExpectValue = Annotated[
+    bool | int | None,
+    PlainValidator(check_value),
+    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+                              {"type": "boolean"}, {"type": "null"}]}),
+]
 
 
 class _Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @field_validator("pages", mode="after", check_fields=False)
-    @classmethod
-    def _check_selector(cls, value: Any) -> Any:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("page index must be >= 0")
-        if isinstance(value, str):
-            parse_selector(value)
-        return value
 
     def selected(self) -> list[int] | range | None:
         return parse_selector(getattr(self, "pages", None))
@@ -260,8 +318,9 @@ class Expect(_Step):
     pipe: Name | None = None
     id: Name | None = None
     same_frame: tuple[PageRef, PageRef] | None = None
-    value: StrictBool | Value | None = None
-    counters: dict[StrictStr, Annotated[StrictInt, Field(ge=0)]] | None = None
+    value: ExpectValue = None
+    counters: dict[Annotated[StrictStr, Field(max_length=64)],
+                   Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]] | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> Expect:
@@ -319,7 +378,7 @@ class Scenario(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Annotated[StrictStr, Field(min_length=1)]
-    description: StrictStr | None = None
-    kernel: StrictStr | None = None
-    steps: Annotated[list[Step], Field(min_length=1)]
+    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    description: Annotated[StrictStr, Field(max_length=10_000)] | None = None
+    kernel: Annotated[StrictStr, Field(max_length=64)] | None = None
+    steps: Annotated[list[Step], Field(min_length=1, max_length=MAX_STEPS)]
