@@ -175,6 +175,10 @@ def _bucket_counts(values: FloatArray) -> npt.NDArray[np.int64]:
     return np.bincount(idx, minlength=_NUM_BUCKETS).astype(np.int64, copy=False)
 
 
+_PENDING_VALUES = 1 << 16
+"""Values a bucketed histogram queues before counting them into its buckets."""
+
+
 def _default_bounds() -> tuple[float, ...]:
     return (*(float(f"{m}e{d}") for d in range(-6, 1) for m in ("1", "2.5", "5")), 10.0)
 
@@ -229,7 +233,8 @@ def _det(x: float) -> float:
 class _Histogram:
     """Exact samples in a doubling buffer until ``max_exact``, then log-bucket counts."""
 
-    __slots__ = ("_buf", "_cache", "_counts", "_n", "count", "max", "max_exact", "min", "sum")
+    __slots__ = ("_buf", "_cache", "_counts", "_n", "_npending", "_pending", "count", "max", "max_exact",
+                 "min", "sum")
 
     def __init__(self, max_exact: int) -> None:
         self.max_exact = max_exact
@@ -240,6 +245,10 @@ class _Histogram:
         self._buf: FloatArray = np.empty(0, dtype=np.float64)
         self._n = 0  # valid prefix of _buf
         self._counts: npt.NDArray[np.int64] | None = None
+        self._pending: FloatArray = np.empty(0, dtype=np.float64)
+        """Bucket mode: values not yet counted into buckets (counted in batches, which
+        gives the same counts: they depend only on the multiset of values)."""
+        self._npending = 0
         self._cache: dict[str, float] | None = None
 
     @property
@@ -258,6 +267,25 @@ class _Histogram:
         self._counts = _bucket_counts(self._buf[: self._n])
         self._buf = np.empty(0, dtype=np.float64)
         self._n = 0
+        self._pending = np.empty(_PENDING_VALUES, dtype=np.float64)
+
+    def _pend(self, values: FloatArray) -> None:
+        """Bucket mode: queue values, counting them into the buckets when the queue fills."""
+        k = values.size
+        if self._npending + k > self._pending.size:
+            self._flush()
+        if k > self._pending.size:
+            assert self._counts is not None
+            self._counts += _bucket_counts(values)
+            return
+        self._pending[self._npending : self._npending + k] = values
+        self._npending += k
+
+    def _flush(self) -> None:
+        if self._npending:
+            assert self._counts is not None
+            self._counts += _bucket_counts(self._pending[: self._npending])
+            self._npending = 0
 
     def add_scalar(self, v: float) -> None:
         self._cache = None
@@ -272,7 +300,7 @@ class _Histogram:
             self._buf[self._n] = v
             self._n += 1
         else:
-            self._counts[int(np.searchsorted(_EDGES, v, side="right"))] += 1
+            self._pend(np.array([v]))
 
     def add_array(self, values: FloatArray, lo: float, hi: float, total: float) -> None:
         k = values.size
@@ -288,7 +316,7 @@ class _Histogram:
             self._buf[self._n : self._n + k] = values
             self._n += k
         else:
-            self._counts += _bucket_counts(values)
+            self._pend(values)
 
     # -- reading --
 
@@ -297,6 +325,7 @@ class _Histogram:
         if n == 0:
             return [0.0] * len(qs)
         ranks = [_rank(q, n) for q in qs]
+        self._flush()
         if self._counts is None:
             data = self._buf[: self._n]
             kth = sorted({r - 1 for r in ranks})
@@ -330,6 +359,7 @@ class _Histogram:
 
     def cumulative(self, bounds: FloatArray) -> npt.NDArray[np.int64]:
         """Counts of values <= each bound (Prometheus ``le`` semantics), then the total."""
+        self._flush()
         if self._counts is None:
             idx = np.searchsorted(bounds, self._buf[: self._n], side="left")
             per = np.bincount(idx, minlength=bounds.size + 1)

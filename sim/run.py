@@ -1,219 +1,183 @@
-"""Running a workload spec: spec + seed → result, a pure function with a progress callback.
+"""Running a workload spec: spec + kernel + seed → result, a pure function.
 
-:func:`run` builds one :class:`Simulation` — a simpy environment, the kernel
-model of the chosen generation, the machine, a metrics recorder and seeded
-random streams — creates the processes with their resident memory, starts
-each workload as a simpy process and runs for the spec's duration of
-simulated time.  Everything random comes from numpy ``Generator``s spawned
-from one ``SeedSequence``, so the same spec and seed give the same result,
-byte for byte (``wall_seconds`` aside, which result.json leaves null).
+:func:`build` assembles one :class:`~cowsim.sim.engine.Simulation` — a simpy
+environment, the kernel model of the chosen generation, the machine and its
+pricing, a metrics recorder and seeded random streams — creates the processes
+with their resident memory and starts each workload by its kind
+(:mod:`cowsim.sim.workloads.registry`).  :func:`run` drives it to the spec's
+duration and returns the result (docs/design.md "run results").
+
+The run contract, for the CLI, a gRPC server and sweep workers alike:
+
+* **Slices.** Simulated time advances in fixed slices of at most
+  :data:`SLICE_SECONDS` (fewer for short runs), whoever is listening, so a run
+  is the same with or without listeners: same spec and seed, byte-identical
+  result.
+* **Progress.** After every slice ``progress(event)`` receives a
+  :class:`ProgressEvent`: simulated time, events processed, and the deltas of
+  every kernel and machine counter since the previous event.  The deltas of all
+  events of a run sum to the run's final counters, so a server can export
+  metrics while a run progresses.
+* **Cancellation.** ``cancel()`` is asked after every slice; when it answers
+  true the run stops there (within one slice of simulated time) and the result
+  says ``"status": "cancelled"`` with the simulated time reached.
+* **Errors.** Invalid input raises :class:`~cowsim.sim.errors.InvalidInput`
+  before anything runs.  A kernel-model error raised inside a workload (an
+  operation the simulated kernel refuses) stops the run and is raised as an
+  ``InvalidInput`` naming the workload (``processes[1].workloads[0]``).
+
+Everything random comes from numpy ``Generator``s spawned from one
+``SeedSequence``; ``wall_seconds`` is the only non-deterministic key, and
+result.json leaves it null.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import simpy
-
+from cowsim.sim.engine import PAGE_SIZE, CountingEnvironment, ProcState, Simulation
+from cowsim.sim.errors import InvalidInput
 from cowsim.sim.kernel import Kernel, generation_for
 from cowsim.sim.kernel.counters import COW_CAUSES, FAULT_TYPES
-from cowsim.sim.machine.costs import CostModel, cost_model
+from cowsim.sim.machine.costs import cost_model
 from cowsim.sim.machine.machine import Machine
+from cowsim.sim.machine.pricing import Pricing
 from cowsim.sim.metrics import Recorder
-from cowsim.sim.spec import Checkpointer, DirectIO, ForkingServer, Tracker, WorkloadSpec
+from cowsim.sim.sampler import sampler
+from cowsim.sim.spec import WorkloadSpec
+from cowsim.sim.workloads import starter
 
-PAGE_SIZE = 4096
-NS = 1e-9
+__all__ = ["SLICE_SECONDS", "ProgressEvent", "build", "drive", "result", "run", "simulate"]
 
-Progress = Callable[[float, float, int], None]
-"""progress(sim_seconds_done, sim_seconds_total, events_processed)"""
-
-
-class CountingEnvironment(simpy.Environment):
-    """A simpy environment that counts the events it processes (for events/s reports)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.events_processed = 0
-
-    def step(self) -> None:
-        self.events_processed += 1
-        super().step()
+SLICE_SECONDS = 0.1
+"""The longest slice of simulated time between progress events and cancellation checks."""
+MIN_SLICES = 100
+"""Short runs are cut into this many slices (a progress bar moves in 1% steps)."""
 
 
-@dataclass
-class ProcState:
-    """Run-time state of one simulated process beyond the kernel model."""
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where a run is, and what happened since the previous event."""
 
-    name: str
-    pages: int
-    cpus: list[int]
-    region: str = "heap"
-    mmap_locked_until: float = 0.0
-    """The mmap lock is held for writing (fork, clear_refs 5.11+) until this time."""
-    children: int = 0
+    sim_seconds: float
+    """Simulated time reached."""
+    sim_seconds_total: float
+    """The spec's duration."""
+    events_processed: int
+    """simpy events processed so far."""
+    counters: dict[str, int | float] = field(default_factory=dict)
+    """Kernel counters (``cow_copies``, ``page_faults`` …) and machine counters
+    (``tlb_shootdowns``, ``tlb_ipis``, ``tlb_misses``) that changed since the previous
+    event, by how much."""
 
-
-@dataclass
-class Simulation:
-    """Everything a workload needs: time, kernel, machine, metrics, randomness."""
-
-    spec: WorkloadSpec
-    env: CountingEnvironment
-    kernel: Kernel
-    machine: Machine
-    costs: CostModel
-    recorder: Recorder
-    seed: int
-    procs: dict[str, ProcState] = field(default_factory=dict)
-    _streams: int = 0
-
-    def rng(self) -> np.random.Generator:
-        """A new independent random stream (deterministic in creation order)."""
-        self._streams += 1
-        sequence = np.random.SeedSequence(self.seed, spawn_key=(self._streams,))
-        return np.random.default_rng(sequence)
-
-    def call(self, proc: str, operation: Callable[..., Any], *args: Any, **kwargs: Any
-             ) -> tuple[Any, dict[str, int]]:
-        """Run a kernel operation on behalf of ``proc``; return its result and the kernel
-        counter deltas, which are also credited to the process."""
-        before = dict(self.kernel.counters)
-        result = operation(*args, **kwargs)
-        delta = {name: value - before[name] for name, value in self.kernel.counters.items()
-                 if value != before[name]}
-        for name, amount in delta.items():
-            self.recorder.count(name, amount, process=proc)
-        return result, delta
-
-    def fault_ns(self, delta: dict[str, int]) -> float:
-        """Time of the faults a kernel operation handled, from its counter deltas."""
-        costs = self.costs
-        copies = delta.get("cow_copies", 0) - delta.get("cow_copies_fork_pinned", 0)
-        return (
-            delta.get("faults_anonymous", 0) * costs.anon_write_fault_ns()
-            + copies * costs.cow_fault_ns()
-            + delta.get("wp_reuses", 0) * costs.wp_reuse_fault_ns
-            + delta.get("faults_swap", 0) * costs.swap_in_fault_ns
-            + delta.get("faults_uffd_wp", 0) * costs.uffd_wp_fault_ns
-            + delta.get("faults_shmem", 0) * costs.anon_write_fault_ns()
-        )
-
-    def fork(self, parent: str, child: str, cpu: int) -> float:
-        """fork() by a thread of ``parent`` on ``cpu``: the pause in seconds (recorded).
-
-        The pause is the cost model's fork time for the PTEs copied, the early
-        copies of pinned pages, and the shootdown of the final flush_tlb_mm to the
-        parent's other CPUs; the mm's lock is held for writing throughout.
-        """
-        costs = self.costs
-        ptes = self.private_ptes(parent)
-        with self.machine.bill(cpu) as bill:
-            _result, delta = self.call(parent, self.kernel.fork, parent, child, cpu=cpu)
-        pause_ns = (costs.fork_ns(ptes) + bill.ns
-                    + delta.get("cow_copies_fork_pinned", 0) * costs.copy_ns(PAGE_SIZE))
-        pause = float(pause_ns) * NS
-        self.recorder.observe("fork_pause_seconds", pause, process=parent)
-        self.recorder.count("forks", process=parent)
-        state = self.procs[parent]
-        state.mmap_locked_until = max(state.mmap_locked_until, self.env.now + pause)
-        self.note_memory()
-        return pause
-
-    def private_ptes(self, proc: str) -> int:
-        """Populated PTEs of a process's private VMAs (what fork copies)."""
-        owner = self.kernel.procs[proc]
-        return sum(int(np.count_nonzero(vma.pfn >= 0)) for vma in owner.mm.vmas.values()
-                   if not vma.shared)
-
-    def note_memory(self) -> None:
-        self.recorder.gauge_max("memory_peak_bytes",
-                                float(self.kernel.frames.nr_in_use * PAGE_SIZE))
+    @property
+    def fraction(self) -> float:
+        return self.sim_seconds / self.sim_seconds_total if self.sim_seconds_total else 1.0
 
 
-def _sampler(sim: Simulation) -> Any:
-    """Every metrics interval: memory in use and shared vs exclusive pages per process."""
-    interval = sim.spec.metrics_interval
-    while True:
-        now = sim.env.now
-        sim.recorder.sample("memory_bytes", now, float(sim.kernel.frames.nr_in_use * PAGE_SIZE))
-        for name, state in sim.procs.items():
-            owner = sim.kernel.procs.get(name)
-            if owner is None or not owner.alive:
-                continue
-            vma = owner.mm.vmas.get(state.region)
-            if vma is None:
-                continue
-            mapped = vma.pfn[(vma.pfn > 0) & (vma.pte < np.uint16(1 << 15))]
-            shared = int(np.count_nonzero(sim.kernel.frames.mapcount[mapped] > 1))
-            sim.recorder.sample("shared_pages", now, float(shared), process=name)
-            sim.recorder.sample("exclusive_pages", now, float(mapped.size - shared), process=name)
-        sim.note_memory()
-        yield sim.env.timeout(interval)
+Progress = Callable[[ProgressEvent], None]
+Cancel = Callable[[], bool]
 
 
-def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None) -> Simulation:
-    """Create the simulation: machine, kernel, processes and their resident memory."""
-    from cowsim.sim.workloads import checkpointer, direct_io, forking_server, tracker
+def _guarded(sim: Simulation, process: int, index: int, body: Generator[Any, Any, None]
+             ) -> Generator[Any, Any, None]:
+    """Run a workload; an operation the kernel model refuses ends the run with an error
+    naming the workload (simpy would re-raise a bare copy of it)."""
+    try:
+        yield from body
+    except InvalidInput as error:
+        sim.failure = error.within("processes", process, "workloads", index)
 
+
+def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
+          max_frames: int | None = None, shortcuts: bool = True) -> Simulation:
+    """Create the simulation: machine, kernel, processes with their resident memory, and
+    every workload started (nothing has run yet).  ``shortcuts=False`` runs the plain
+    path (no skipped work), for tests that the shortcuts change nothing."""
     env = CountingEnvironment()
     costs = cost_model(spec.machine.profile, **spec.machine.costs)
     machine = Machine(spec.machine.cpus, costs)
     generation = generation_for(kernel or spec.kernel)
-    total_pages = sum(p.memory // PAGE_SIZE for p in spec.processes)
-    model = Kernel(generation, max_frames=max(1 << 20, 4 * total_pages + (1 << 16)),
-                   on_tlb_flush=machine.on_tlb_flush)
+    total_pages = sum(max(1, p.memory // PAGE_SIZE) for p in spec.processes)
+    frames = max_frames if max_frames is not None else max(1 << 20, 4 * total_pages + (1 << 16))
+    model = Kernel(generation, max_frames=frames, on_tlb_flush=machine.on_tlb_flush)
     model.frames.reserve(total_pages)
-    sim = Simulation(spec=spec, env=env, kernel=model, machine=machine, costs=costs,
-                     recorder=Recorder(), seed=seed if seed is not None else spec.seed)
+    sim = Simulation(spec=spec, env=env, kernel=model, machine=machine, pricing=Pricing(costs),
+                     recorder=Recorder(), seed=seed if seed is not None else spec.seed,
+                     shortcuts=shortcuts)
     for process in spec.processes:
         pages = max(1, process.memory // PAGE_SIZE)
         model.mmap(process.name, "heap", pages)
         model.write(process.name, "heap", None, 1)  # the resident set, written before t=0
         model.lru_add_drain()
-        cpus = machine.place(model.procs[process.name].mm, process.threads)
-        machine.set_working_set(model.procs[process.name].mm, pages)
+        mm = model.procs[process.name].mm
+        cpus = machine.place(mm, process.threads)
+        machine.set_working_set(mm, pages)
         sim.procs[process.name] = ProcState(name=process.name, pages=pages, cpus=cpus)
     for name in model.counters:  # the set-up is not part of the run
         model.counters[name] = 0
-    for process in spec.processes:
-        for workload in process.workloads:
-            if isinstance(workload, ForkingServer):
-                env.process(forking_server.run(sim, process.name, workload))
-            elif isinstance(workload, DirectIO):
-                env.process(direct_io.run(sim, process.name, workload))
-            elif isinstance(workload, Checkpointer):
-                env.process(checkpointer.run(sim, process.name, workload))
-            elif isinstance(workload, Tracker):
-                env.process(tracker.run(sim, process.name, workload))
-    env.process(_sampler(sim))
+    for p, process in enumerate(spec.processes):
+        for w, workload in enumerate(process.workloads):
+            body = starter(workload.kind)(sim, process.name, workload)
+            env.process(_guarded(sim, p, w, body))
+    env.process(sampler(sim))
     return sim
 
 
+def _counters(sim: Simulation) -> dict[str, int | float]:
+    """Every counter a progress event reports, as they stand."""
+    machine = sim.machine.counters
+    values: dict[str, int | float] = dict(sim.kernel.counters)
+    values["tlb_shootdowns"] = machine.tlb_shootdowns
+    values["tlb_ipis"] = machine.tlb_ipis
+    values["tlb_misses"] = machine.tlb_misses
+    return values
+
+
+def _slices(duration: float) -> int:
+    return max(MIN_SLICES, math.ceil(duration / SLICE_SECONDS))
+
+
 def simulate(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
-             progress: Progress | None = None, progress_steps: int = 100
-             ) -> tuple[Simulation, float]:
-    """Build and run a spec to its duration; returns the simulation and the wall seconds."""
+             progress: Progress | None = None, cancel: Cancel | None = None,
+             max_frames: int | None = None, shortcuts: bool = True) -> tuple[Simulation, float]:
+    """Build and run a spec to its duration (or until cancelled); returns the simulation
+    and the wall seconds it took."""
     started = time.perf_counter()
-    sim = build(spec, kernel=kernel, seed=seed)
-    duration = spec.duration
-    steps = max(1, progress_steps if progress is not None else 1)
-    for step in range(1, steps + 1):
-        sim.env.run(until=duration * step / steps)
-        if progress is not None:
-            progress(sim.env.now, duration, sim.env.events_processed)
-    sim.note_memory()
+    sim = build(spec, kernel=kernel, seed=seed, max_frames=max_frames, shortcuts=shortcuts)
+    drive(sim, progress=progress, cancel=cancel)
     return sim, time.perf_counter() - started
 
 
+def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel | None = None
+          ) -> None:
+    """Run a built simulation slice by slice to its duration (the run contract above)."""
+    duration = sim.spec.duration
+    slices = _slices(duration)
+    last = _counters(sim) if progress is not None else {}
+    for index in range(1, slices + 1):
+        sim.env.run(until=duration * index / slices)
+        if sim.failure is not None:
+            raise sim.failure
+        if progress is not None:
+            now = _counters(sim)
+            delta = {name: value - last[name] for name, value in now.items() if value != last[name]}
+            last = now
+            progress(ProgressEvent(sim.env.now, duration, sim.env.events_processed, delta))
+        if cancel is not None and index < slices and cancel():
+            sim.cancelled = True
+            break
+    sim.note_memory()
+
+
 def run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
-        progress: Progress | None = None) -> dict[str, Any]:
+        progress: Progress | None = None, cancel: Cancel | None = None) -> dict[str, Any]:
     """Run a spec and return the result (the keys of docs/design.md "run results")."""
-    sim, wall_seconds = simulate(spec, kernel=kernel, seed=seed, progress=progress)
+    sim, wall_seconds = simulate(spec, kernel=kernel, seed=seed, progress=progress, cancel=cancel)
     return result(sim, wall_seconds=wall_seconds)
 
 
@@ -239,9 +203,9 @@ def result(sim: Simulation, wall_seconds: float | None) -> dict[str, Any]:
         "tlb_ipis_total": machine.tlb_ipis,
         "tlb_misses_total": round(machine.tlb_misses),
         "dma_lost_writes_total": recorder.counter("dma_lost_writes"),
-        "leaks_total": sum(1 for v in violations if v.kind == "leak"),
+        "leaks_total": _violations(sim, "leak"),
         "stale_pin_reads_total": recorder.counter("stale_pin_reads"),
-        "pin_diverged_total": sum(1 for v in violations if v.kind == "pin_diverged"),
+        "pin_diverged_total": _violations(sim, "pin_diverged"),
         "memory_peak_bytes": int(recorder.gauge("memory_peak_bytes")),
         "fork_pause_seconds": latency("fork_pause_seconds", ("p50", "p99", "max")),
         "request_latency_seconds": latency("request_latency_seconds",
@@ -256,9 +220,22 @@ def result(sim: Simulation, wall_seconds: float | None) -> dict[str, Any]:
         "kernel": sim.kernel.gen.label,
         "era": sim.kernel.gen.era,
         "seed": sim.seed,
+        "status": "cancelled" if sim.cancelled else "completed",
         "sim_seconds": float(sim.env.now),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
         "metrics": metrics,
         "processes": processes,
-        "violations": [v.as_dict() for v in violations[:100]],
+        "violations": [v.as_dict() for v in violations[:RESULT_VIOLATIONS]],
     }
+
+
+RESULT_VIOLATIONS = 100
+"""Violations listed in a result (every one is counted in the ``*_total`` metrics)."""
+
+
+def _violations(sim: Simulation, kind: str) -> int:
+    """How many violations of ``kind`` the kernel reported (all, not only those kept)."""
+    counted = sim.kernel.counters.get(f"violations_{kind}")
+    if counted is not None:
+        return int(counted)
+    return sum(1 for v in sim.kernel.violations if v.kind == kind)

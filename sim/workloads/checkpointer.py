@@ -19,28 +19,30 @@ from typing import Any
 
 import numpy as np
 
-from cowsim.sim.run import NS, PAGE_SIZE, Simulation
+from cowsim.sim.engine import NS, Simulation
 from cowsim.sim.spec import Checkpointer
+from cowsim.sim.workloads.registry import register
 
 
+@register("checkpointer")
 def run(sim: Simulation, proc: str, spec: Checkpointer) -> Generator[Any, Any, None]:
     """The simpy process of one checkpointer workload."""
     state = sim.procs[proc]
     target = sim.procs[spec.target]
     cpu = state.cpus[0]
-    costs = sim.costs
+    pricing = sim.pricing
     first = spec.first_at if spec.first_at is not None else spec.interval
     yield sim.env.timeout(first)
     while True:
         now = sim.env.now
         bits = sim.kernel.pagemap(spec.target, target.region)
         dirty = int(np.count_nonzero(bits["soft_dirty"] & bits["present"]))
-        scan_s = target.pages * costs.pagemap_per_page_ns * NS
-        copy_s = costs.copy_ns(dirty * PAGE_SIZE) * NS
+        scan_s = pricing.pagemap_ns(target.pages) * NS
+        copy_s = pricing.copy_out_ns(dirty) * NS
         ptes = sim.private_ptes(spec.target)
         with sim.machine.bill(cpu) as bill:
             sim.call(spec.target, sim.kernel.clear_refs, spec.target, "soft_dirty", cpu=cpu)
-        clear_s = (ptes * costs.clear_refs_per_pte_ns + bill.ns) * NS
+        clear_s = pricing.clear_refs_ns(ptes, bill.ns) * NS
         if sim.kernel.gen.clear_refs_write_lock:
             target.mmap_locked_until = max(target.mmap_locked_until, now + clear_s)
         sim.recorder.observe("checkpoint_duration_seconds", clear_s + scan_s + copy_s, process=proc)

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from cowsim.sim.run import NS, PAGE_SIZE, Simulation
+from cowsim.sim.engine import NS, PAGE_SIZE, Simulation
 from cowsim.sim.spec import DirectIO
+from cowsim.sim.workloads.registry import register
 
 _VALUE_MASK = 0xFFFFFFFF
 
@@ -50,6 +51,8 @@ class _DirectIO:
         self.issued = 0
         self.values: dict[int, int] = {}
         self.issue_time: dict[int, float] = {}
+        self.fixed_id = f"{proc}.fixed"
+        """The id the pinned buffer (io_uring fixed buffers, an RDMA region) is held under."""
 
     def pages(self, block: int) -> np.ndarray:
         start = (block % self.blocks) * self.block_pages
@@ -69,20 +72,24 @@ class _DirectIO:
         heapq.heappush(self.events, (when, self.sequence, kind, io))
 
     def call(self, operation: Any, *args: Any) -> tuple[Any, float]:
+        """A kernel call on the I/O thread's CPU: its result and its price in ns."""
         sim = self.sim
         with sim.machine.bill(self.cpu) as bill:
             result, delta = sim.call(self.proc, operation, *args, cpu=self.cpu)
-        return result, sim.fault_ns(delta) + bill.ns
+        return result, sim.pricing.call_ns(delta, bill.ns)
+
+    def ref_id(self, io: int) -> str:
+        """The id an I/O's references are held under (ids are global: name them per process)."""
+        return f"{self.proc}.dio{io}"
 
     # -- odirect ---------------------------------------------------------------------
     def issue(self, now: float) -> None:
         io = self.issued
         self.issued += 1
         sim = self.sim
-        _result, fault_ns = self.call(sim.kernel.odirect_read, self.proc, self.state.region,
-                                      self.pages(io), f"dio{io}")
+        _result, gup_ns = self.call(sim.kernel.odirect_read, self.proc, self.state.region,
+                                    self.pages(io), self.ref_id(io))
         start = max(now, self.state.mmap_locked_until)  # GUP takes the mmap lock for reading
-        gup_ns = fault_ns + self.block_pages * self.sim.costs.gup_per_page_ns
         self.issue_time[io] = now
         done = start + gup_ns * NS + self.latency()
         self.values[io] = (0x10000 + io) & _VALUE_MASK
@@ -95,10 +102,10 @@ class _DirectIO:
                   (0x20000000 + io) & _VALUE_MASK)
 
     def complete(self, now: float, io: int) -> None:
-        sim, value = self.sim, self.values.pop(io)
-        sim.kernel.end_step([f"dio{io}"])  # did the pages move away from the I/O before it landed?
-        sim.kernel.dma_write(f"dio{io}", value)
-        sim.call(self.proc, sim.kernel.release, f"dio{io}")
+        sim, value, ref = self.sim, self.values.pop(io), self.ref_id(io)
+        sim.kernel.end_step([ref])  # did the pages move away from the I/O before it landed?
+        sim.kernel.dma_write(ref, value)
+        sim.call(self.proc, sim.kernel.release, ref)
         seen = sim.kernel.peek(self.proc, self.state.region, self.pages(io))
         if (seen != value).any():
             sim.recorder.count("dma_lost_writes", process=self.proc)
@@ -113,7 +120,7 @@ class _DirectIO:
         if count == 0:
             return
         sim, kernel = self.sim, self.sim.kernel
-        chunk = kernel.holder("fixed").chunks[0]
+        fixed = self.fixed_id
         blocks = self.rng.integers(0, self.blocks, size=count)
         inbound = self.rng.random(count) < 0.5
         offsets = np.arange(self.block_pages)
@@ -127,7 +134,7 @@ class _DirectIO:
             unique = np.unique(pages)
             if direction:
                 # Device → memory: DMA into the held frames; the process reads its pages.
-                kernel.frames.content[chunk.frames[unique]] = value
+                kernel.dma_write(fixed, value, pages=unique)
                 seen_unique = kernel.peek(self.proc, self.state.region, unique)
                 seen = seen_unique[np.searchsorted(unique, pages)].reshape(chosen.size, -1)
                 lost = int((seen != value).any(axis=1).sum())
@@ -135,12 +142,14 @@ class _DirectIO:
             else:
                 # Memory → device: the process writes, the device reads the held frames.
                 self.call(kernel.write, self.proc, self.state.region, unique, value)
-                held = kernel.frames.content[chunk.frames[pages]].reshape(chosen.size, -1)
+                device_saw = kernel.dma_read(fixed, pages=unique)
+                held = device_saw[np.searchsorted(unique, pages)].reshape(chosen.size, -1)
                 stale = int((held != value).any(axis=1).sum())
                 sim.recorder.count("stale_pin_reads", stale, process=self.proc)
         sim.recorder.count("dma_transfers", count, process=self.proc)
 
 
+@register("direct_io")
 def run(sim: Simulation, proc: str, spec: DirectIO) -> Generator[Any, Any, None]:
     """The simpy process of one direct-I/O workload."""
     io = _DirectIO(sim, proc, spec)
@@ -167,7 +176,7 @@ def _run_pinned(sim: Simulation, io: _DirectIO, spec: DirectIO, tick: float
                 ) -> Generator[Any, Any, None]:
     kernel = sim.kernel
     pages = np.arange(io.blocks * io.block_pages, dtype=np.int64)
-    io.call(kernel.io_uring_register, io.proc, io.state.region, pages, "fixed")
+    io.call(kernel.io_uring_register, io.proc, io.state.region, pages, io.fixed_id)
     sim.recorder.count("pinned_pages", int(pages.size), process=io.proc)
     rate = spec.dma_rate or 1000.0
     next_fork = spec.fork_every if spec.fork_every else np.inf
@@ -176,7 +185,8 @@ def _run_pinned(sim: Simulation, io: _DirectIO, spec: DirectIO, tick: float
     while True:
         now = sim.env.now
         for helper in alive:  # a helper lives one tick, then execs (its mm goes away)
-            kernel.exit(helper)
+            with sim.machine.bill(io.cpu):
+                sim.call(helper, kernel.exit, helper, cpu=io.cpu)
         alive.clear()
         if now >= next_fork:
             helpers += 1

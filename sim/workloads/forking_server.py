@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cowsim.sim.kernel.mm import _PAGE_RW, _PAGE_SWAP, _PAGE_UFFD_WP
-from cowsim.sim.run import NS, PAGE_SIZE, Simulation
+from cowsim.sim.engine import NS, PAGE_SIZE, Simulation
 from cowsim.sim.spec import ForkingServer
 from cowsim.sim.workloads.keys import sample_pages
+from cowsim.sim.workloads.registry import register
 
 
 def lindley_finish(arrivals: npt.NDArray[np.float64], service: npt.NDArray[np.float64],
@@ -133,47 +133,42 @@ class _Server:
 
     def _write_faults_ns(self, pages: npt.NDArray[np.int64],
                          writes: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
-        """Write the pages of the write requests; each request's share of the fault time."""
+        """Write the pages of the write requests; each request's share of the fault time.
+
+        The first request of the tick that writes a page takes that page's faults, priced
+        from the kernel's fault report; the shootdowns the copies caused are shared by the
+        pages whose faults flushed.
+        """
         sim, state = self.sim, self.state
         count, per = pages.shape
         extra = np.zeros(count)
         if not writes.any():
             return extra
         occurrences = pages[writes].reshape(-1)  # arrival order
-        owners = np.repeat(np.flatnonzero(writes), per)
         unique, first = np.unique(occurrences, return_index=True)
-        vma = sim.kernel.procs[self.proc].mm.vmas[state.region]
-        pfn_before, pte_before = vma.pfn[unique], vma.pte[unique]
-        present = (pfn_before >= 0) & (pte_before < _PAGE_SWAP)
-        read_only = present & ((pte_before & _PAGE_RW) == 0)
-        if not (read_only | ~present).any():
-            sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique, self.value,
-                     cpu=state.cpus[0])
-            return extra
         cpu = state.cpus[0]
-        with sim.machine.bill(cpu):
-            sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique, self.value,
-                     cpu=cpu)
+        value = self.value
         self.value += 1
-        costs = sim.costs
-        copied = read_only & (vma.pfn[unique] != pfn_before)
-        reused = read_only & ~copied
-        remote = len(sim.kernel.procs[self.proc].mm.cpus - {cpu})
-        page_ns = np.zeros(unique.size)
-        page_ns[copied] = costs.cow_fault_ns() + (costs.shootdown_ns(remote) if remote else 0.0)
-        page_ns[reused] = costs.wp_reuse_fault_ns
-        page_ns[pfn_before < 0] = costs.anon_write_fault_ns()
-        page_ns[(pfn_before >= 0) & ~present] = costs.swap_in_fault_ns
-        page_ns[present & ((pte_before & _PAGE_UFFD_WP) != 0)] += costs.uffd_wp_fault_ns
-        faulted = page_ns[page_ns > 0]
+        vma = sim.kernel.procs[self.proc].mm.vmas[state.region]
+        if sim.shortcuts and vma.pte_write(unique).all():
+            # Steady state: every page is mapped writable, so no store can fault.
+            sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique, value, cpu=cpu)
+            return extra
+        with sim.machine.bill(cpu) as bill:
+            report, _delta = sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique,
+                                      value, cpu=cpu)
+        page_ns = sim.pricing.page_faults_ns(report.flags, bill.ns)
+        faulted = page_ns[report.flags != 0]
         if faulted.size:
             sim.recorder.observe("fault_latency_seconds", faulted * NS, process=self.proc)
         occurrence_ns = np.zeros(occurrences.size)
         occurrence_ns[first] = page_ns
+        owners = np.repeat(np.flatnonzero(writes), per)
         extra += np.bincount(owners, weights=occurrence_ns, minlength=count)
         return extra
 
 
+@register("forking_server")
 def run(sim: Simulation, proc: str, spec: ForkingServer) -> Generator[Any, Any, None]:
     """The simpy process of one forking-server workload."""
     server = _Server(sim, proc, spec)

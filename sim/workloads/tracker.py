@@ -20,16 +20,18 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-from cowsim.sim.run import NS, PAGE_SIZE, Simulation
+from cowsim.sim.engine import NS, Simulation
 from cowsim.sim.spec import Tracker
+from cowsim.sim.workloads.registry import register
 
 
+@register("tracker")
 def run(sim: Simulation, proc: str, spec: Tracker) -> Generator[Any, Any, None]:
     """The simpy process of one uffd-wp tracker."""
     state = sim.procs[proc]
     target = sim.procs[spec.target]
     cpu = state.cpus[0]
-    costs = sim.costs
+    pricing = sim.pricing
     sim.call(spec.target, sim.kernel.uffd_register, spec.target, target.region)
     yield sim.env.timeout(spec.first_at if spec.first_at is not None else spec.interval)
     while True:
@@ -37,8 +39,8 @@ def run(sim: Simulation, proc: str, spec: Tracker) -> Generator[Any, Any, None]:
         with sim.machine.bill(cpu) as bill:
             sim.call(spec.target, sim.kernel.uffd_wp, spec.target, target.region, None, True,
                      cpu=cpu)
-        protect_s = (target.pages * costs.uffd_wp_per_pte_ns + bill.ns) * NS
-        copy_s = costs.copy_ns(target.pages * PAGE_SIZE) * NS
+        protect_s = pricing.uffd_writeprotect_ns(target.pages, bill.ns) * NS
+        copy_s = pricing.copy_out_ns(target.pages) * NS
         yield sim.env.timeout(protect_s + copy_s)
         with sim.machine.bill(cpu):
             sim.call(spec.target, sim.kernel.uffd_wp, spec.target, target.region, None, False,

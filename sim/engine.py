@@ -1,0 +1,141 @@
+"""The engine a workload runs in: simulated time, the kernel model, the machine, metrics, randomness.
+
+A :class:`Simulation` is what every workload receives.  It bundles
+
+* ``env``: the simpy environment (simulated seconds), counting the events it
+  processes;
+* ``kernel``: the memory-management model of one kernel generation;
+* ``machine``: CPUs, TLBs and shootdowns; ``pricing``: the one place where
+  what the kernel reports becomes nanoseconds (:mod:`cowsim.sim.machine.pricing`);
+* ``recorder``: counters, histograms and series in simulated time;
+* ``rng()``: independent, deterministic random streams spawned from one seed.
+
+A workload is a simpy process (a generator) that calls the kernel on behalf of
+a process through :meth:`Simulation.call`, which also credits the kernel's
+counter deltas to that process, and records what it measured.  The engine
+knows no workload: :mod:`cowsim.sim.workloads` registers them by kind and
+:mod:`cowsim.sim.run` starts them.
+
+This module imports the kernel, the machine and the metrics recorder, never a
+workload or the run driver, so that every workload can import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from cowsim.sim.kernel import Kernel
+from cowsim.sim.machine.costs import CostModel
+from cowsim.sim.machine.machine import Machine
+from cowsim.sim.machine.pricing import Pricing
+from cowsim.sim.metrics import Recorder
+from cowsim.sim.spec import WorkloadSpec
+
+PAGE_SIZE = 4096
+"""Bytes in a base page."""
+NS = 1e-9
+"""Seconds in a nanosecond: ``ns * NS`` is seconds."""
+
+
+class CountingEnvironment(simpy.Environment):
+    """A simpy environment that counts the events it processes (for events/s reports)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events_processed = 0
+
+    def step(self) -> None:
+        self.events_processed += 1
+        super().step()
+
+
+@dataclass
+class ProcState:
+    """Run-time state of one simulated process beyond the kernel model."""
+
+    name: str
+    pages: int
+    cpus: list[int]
+    region: str = "heap"
+    mmap_locked_until: float = 0.0
+    """The mmap lock is held for writing (fork, clear_refs 5.11+) until this time."""
+    children: int = 0
+
+
+@dataclass
+class Simulation:
+    """Everything a workload needs: time, kernel, machine, pricing, metrics, randomness."""
+
+    spec: WorkloadSpec
+    env: CountingEnvironment
+    kernel: Kernel
+    machine: Machine
+    pricing: Pricing
+    recorder: Recorder
+    seed: int
+    procs: dict[str, ProcState] = field(default_factory=dict)
+    failure: Exception | None = None
+    """Set when a workload stopped on an error the run must report (see run.py)."""
+    cancelled: bool = False
+    """The run was stopped before its duration by its caller."""
+    shortcuts: bool = True
+    """Skip work a step cannot change (an unchanged sample, a tick of steady-state
+    writes); False runs the plain path, which must give the same result."""
+    _streams: int = 0
+
+    @property
+    def costs(self) -> CostModel:
+        """The machine's cost model (what :attr:`pricing` multiplies by)."""
+        return self.pricing.costs
+
+    def rng(self) -> np.random.Generator:
+        """A new independent random stream (deterministic in creation order)."""
+        self._streams += 1
+        sequence = np.random.SeedSequence(self.seed, spawn_key=(self._streams,))
+        return np.random.default_rng(sequence)
+
+    def call(self, proc: str, operation: Callable[..., Any], *args: Any, **kwargs: Any
+             ) -> tuple[Any, dict[str, int]]:
+        """Run a kernel operation on behalf of ``proc``; return its result and the kernel
+        counter deltas, which are also credited to the process."""
+        counters = self.kernel.counters
+        before = list(counters.values())
+        result = operation(*args, **kwargs)
+        delta = {name: value - old for (name, value), old in zip(counters.items(), before, strict=True)
+                 if value != old}
+        for name, amount in delta.items():
+            self.recorder.count(name, amount, process=proc)
+        return result, delta
+
+    def fork(self, parent: str, child: str, cpu: int) -> float:
+        """fork() by a thread of ``parent`` on ``cpu``: the pause in seconds (recorded).
+
+        The pause is priced by :meth:`Pricing.fork_ns` from what the kernel did: the
+        PTEs it copied, the pinned pages it copied early and the shootdown of its
+        final flush_tlb_mm; the mm's lock is held for writing throughout.
+        """
+        ptes = self.private_ptes(parent)
+        with self.machine.bill(cpu) as bill:
+            _result, delta = self.call(parent, self.kernel.fork, parent, child, cpu=cpu)
+        pause = self.pricing.fork_ns(ptes, delta, bill.ns) * NS
+        self.recorder.observe("fork_pause_seconds", pause, process=parent)
+        self.recorder.count("forks", process=parent)
+        state = self.procs[parent]
+        state.mmap_locked_until = max(state.mmap_locked_until, self.env.now + pause)
+        self.note_memory()
+        return pause
+
+    def private_ptes(self, proc: str) -> int:
+        """Populated PTEs of a process's private VMAs (what fork copies)."""
+        owner = self.kernel.procs[proc]
+        return sum(int(np.count_nonzero(vma.pfn >= 0)) for vma in owner.mm.vmas.values()
+                   if not vma.shared)
+
+    def note_memory(self) -> None:
+        self.recorder.gauge_max("memory_peak_bytes",
+                                float(self.kernel.frames.nr_in_use * PAGE_SIZE))
