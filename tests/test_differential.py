@@ -24,7 +24,7 @@ from tests.strategies import GENERATIONS, Op, describe, op_sequences, script
 
 FAST = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOW = settings(max_examples=2000, deadline=None,
+SLOW = settings(settings.get_profile("sweep"), deadline=None,  # examples: tests/conftest.py
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
