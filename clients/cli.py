@@ -4,41 +4,58 @@
 scenario scripts (exit 0: every expectation held; 1: one failed; 2: invalid
 input, with one line naming the file, step and field).  ``cowsim kernels``
 lists the kernel generations and the rules in which they differ.  ``cowsim
-run``, ``compare`` and ``schema`` are the workload commands (workload_cli).
+run``, ``compare`` and ``schema`` are the workload commands (workload_cli);
+``cowsim --version`` prints the installed version.
+
+Whatever the input, the command ends in one of four ways, never a traceback:
+
+* exit 0 or 1 with its output;
+* exit 2 and one line on stderr for invalid input — every
+  :class:`~cowsim.sim.errors.InvalidInput` the library raises, printed as it
+  renders itself (control characters escaped, so a newline inside a name
+  cannot split the line), and argparse's own errors;
+* exit 130 and ``cowsim: interrupted`` on Ctrl-C, with nothing half-written;
+* exit 1 and ``cowsim: internal error: …``, only as a last resort.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from rich.console import Console
 
 from cowsim.clients import render, workload_cli
-from cowsim.sim.kernel.generations import (
-    Generation,
-    KernelVersionError,
-    all_generations,
-    generation_for,
-)
-from cowsim.sim.scenario import Scenario, ScenarioError, ScenarioResult, load_scenario, run_scenario
+from cowsim.clients.output import say
+from cowsim.sim.errors import InvalidInput, KernelVersionError
+from cowsim.sim.kernel.generations import Generation, all_generations, generations_for
+from cowsim.sim.scenario import Scenario, ScenarioResult, load_scenario, run_scenario
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one line (its default also exits 2, but prints usage)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"cowsim: {message}\n")
+        say(message)
         raise SystemExit(EXIT_INVALID)
+
+
+def version() -> str:
+    """The installed distribution's version (its metadata), or "unknown"."""
+    try:
+        return metadata.version("cowsim")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cowsim", description="Simulate Linux copy-on-write across kernel "
                                                 "generations.")
+    parser.add_argument("--version", action="version", version=f"cowsim {version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     scenario = commands.add_parser("scenario", help="scenario scripts")
     scenario_commands = scenario.add_subparsers(dest="scenario_command", required=True,
@@ -59,45 +76,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _generations(option: str | None, scenario: Scenario) -> list[Generation]:
-    choice = option if option is not None else scenario.kernel
-    if choice is None or choice.strip().lower() == "all":
+def kernel_option(option: str | None) -> list[Generation] | None:
+    """The generations ``--kernel`` names (``all`` too), or None without the option; an
+    invalid one is an InvalidInput whose source is ``--kernel``."""
+    if option is None:
+        return None
+    try:
+        return generations_for(option)
+    except KernelVersionError as exc:
+        raise exc.within(source="--kernel") from None
+
+
+def _generations(option: list[Generation] | None, scenario: Scenario, file: str) -> list[Generation]:
+    if option is not None:
+        return option
+    if scenario.kernel is None:
         return all_generations()
-    return [generation_for(choice)]
+    try:
+        return generations_for(scenario.kernel)
+    except KernelVersionError as exc:
+        raise exc.within("kernel", source=file) from None
 
 
 def _scenario_run(args: argparse.Namespace, console: Console) -> int:
-    try:
-        if args.kernel is not None and args.kernel.strip().lower() != "all":
-            generation_for(args.kernel)
-    except KernelVersionError as exc:
-        sys.stderr.write(f"cowsim: --kernel: {exc}\n")
-        return EXIT_INVALID
+    option = kernel_option(args.kernel)
     loaded: list[tuple[str, Scenario, list[Generation]]] = []
     errors: list[str] = []
     for file in args.files:
         try:
             scenario = load_scenario(file)
-            loaded.append((file, scenario, _generations(args.kernel, scenario)))
-        except ScenarioError as exc:
+            loaded.append((file, scenario, _generations(option, scenario, file)))
+        except InvalidInput as exc:
             errors.append(str(exc))
-        except KernelVersionError as exc:
-            errors.append(str(ScenarioError(file, str(exc), field="kernel")))
     if errors:
         for line in errors:
-            sys.stderr.write(f"cowsim: {line}\n")
+            say(line)
         return EXIT_INVALID
     results: dict[tuple[str, str], ScenarioResult] = {}
     ordered: list[ScenarioResult] = []
-    try:
-        for file, scenario, generations in loaded:
-            for generation in generations:
-                result = run_scenario(scenario, generation, file)
-                results[(file, generation.label)] = result
-                ordered.append(result)
-    except ScenarioError as exc:
-        sys.stderr.write(f"cowsim: {exc}\n")
-        return EXIT_INVALID
+    for file, scenario, generations in loaded:
+        for generation in generations:
+            result = run_scenario(scenario, generation, file)
+            results[(file, generation.label)] = result
+            ordered.append(result)
     _print_results(args, console, loaded, results, ordered)
     return EXIT_OK if all(result.ok for result in ordered) else EXIT_FAILED
 
@@ -136,7 +157,7 @@ def _kernels(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _dispatch(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     if args.command == "kernels":
@@ -144,6 +165,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "compare", "schema"):
         return workload_cli.main(args, console)
     return _scenario_run(args, console)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
+    try:
+        return _dispatch(argv)
+    except SystemExit as exc:  # argparse: --help, --version, a usage error (already said)
+        return exc.code if isinstance(exc.code, int) else EXIT_OK if exc.code is None else EXIT_INVALID
+    except InvalidInput as exc:
+        say(str(exc))
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        say("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_FAILED  # stdout went away (| head): nothing left to say it to
+    except MemoryError:
+        say("internal error: out of memory")
+        return EXIT_FAILED
+    except Exception as exc:  # the last resort: one line, never a traceback
+        say(f"internal error: {type(exc).__name__}: {str(exc)[:500]}")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

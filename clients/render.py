@@ -1,7 +1,10 @@
 """Terminal output for the CLI: result tables, the scenario × kernel matrix, kernel listings.
 
 Rendering only: everything here takes finished results and prints them with
-rich (or as Markdown, for documents).
+rich (or as Markdown, for documents).  Text that came from the user (file,
+process, region and pipe names) is printed as plain :class:`~rich.text.Text`
+with control characters escaped: never parsed as rich markup (a name like
+``[/]`` would otherwise be an error) nor passed raw to the terminal.
 """
 
 from __future__ import annotations
@@ -12,8 +15,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cowsim.sim.errors import escape_control
 from cowsim.sim.kernel.generations import ERAS, WHAT_IFS, Generation, changes_in
 from cowsim.sim.scenario.runner import SUMMARY_COUNTERS, ScenarioResult
+
+
+def plain(text: object, style: str = "") -> Text:
+    """User-supplied text as plain rich Text (no markup, control characters escaped)."""
+    return Text(escape_control(str(text)), style=style)
 
 
 def _kinds(result: ScenarioResult) -> str:
@@ -48,7 +57,7 @@ def matrix(console: Console, files: Sequence[str], generations: Sequence[Generat
             result = results[(file, generation.label)]
             style = "green" if result.ok else "bold red"
             cells.append(Text(_cell_text(result), style=style))
-        table.add_row(_row_name(first), *cells)
+        table.add_row(plain(_row_name(first)), *cells)
     console.print(table)
     console.print("pass/FAIL: the scenario's expectations (what a correct kernel delivers); "
                   "in brackets the violations the oracles saw.")
@@ -73,8 +82,8 @@ def matrix_markdown(files: Sequence[str], generations: Sequence[Generation],
 def detail(console: Console, result: ScenarioResult) -> None:
     """One scenario on one kernel: expectations, violations, counters."""
     verdict = Text("PASS", style="green") if result.ok else Text("FAIL", style="bold red")
-    title = Text.assemble(f"{result.scenario} — {result.file} — kernel {result.kernel} "
-                          f"(era {result.era}): ", verdict)
+    title = Text.assemble(plain(f"{result.scenario} — {result.file} — kernel {result.kernel} "
+                                f"(era {result.era}): "), verdict)
     console.print(title)
     if result.expectations:
         table = Table(show_header=True, box=None, padding=(0, 1))
@@ -82,12 +91,12 @@ def detail(console: Console, result: ScenarioResult) -> None:
             table.add_column(column)
         for expectation in result.expectations:
             mark = Text("ok", style="green") if expectation.ok else Text("FAILED", style="bold red")
-            table.add_row(str(expectation.step), expectation.what, _fmt(expectation.expected),
-                          _fmt(expectation.observed), mark)
+            table.add_row(str(expectation.step), plain(expectation.what),
+                          plain(_fmt(expectation.expected)), plain(_fmt(expectation.observed)), mark)
         console.print(table)
     for violation in result.violations:
-        console.print(Text(f"  {violation.kind} at step {violation.step}: {violation.detail}",
-                           style="yellow"))
+        console.print(plain(f"  {violation.kind} at step {violation.step}: {violation.detail}",
+                            style="yellow"))
     summary = ", ".join(f"{name} {result.counters.get(name, 0)}" for name in SUMMARY_COUNTERS)
     console.print(f"  counters: {summary}")
 

@@ -4,8 +4,14 @@
 spec with a progress bar (simulated time, events per second), prints a
 summary and, with ``--out``, writes ``result.json`` and the time series
 (``series/*.csv``).  ``cowsim compare SPEC --kernel 5.10 --kernel 6.8``
-runs one spec on several generations side by side.  Invalid specs: one line
-naming the field, exit 2.
+runs one spec on several generations side by side (``--kernel all``: one per
+era).
+
+Everything is checked before the first simulated event: the options
+(``--kernel``, ``--seed``, ``--out``), then the spec and its plan on this
+machine (:func:`cowsim.sim.plan.plan_run`: kernel, costs, resident memory,
+budget).  Invalid input is one line naming the option or the file and field,
+exit 2.  ``--out`` is written atomically (:class:`~cowsim.clients.output.OutputDir`).
 """
 
 from __future__ import annotations
@@ -19,74 +25,96 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from cowsim.clients.output import OutputDir, say
 from cowsim.sim import run as sim_run
-from cowsim.sim.kernel.generations import KernelVersionError, generation_for
-from cowsim.sim.machine.costs import cost_model
-from cowsim.sim.run import Simulation
-from cowsim.sim.spec import SpecError, WorkloadSpec, json_schema, load_spec
+from cowsim.sim.engine import Simulation
+from cowsim.sim.errors import InvalidInput, KernelVersionError, escape_control
+from cowsim.sim.kernel.generations import generation_for, generations_for
+from cowsim.sim.plan import RunPlan, check_seed, plan_run
+from cowsim.sim.spec import json_schema, load_spec
 from cowsim.sim.units import format_bytes, format_seconds
 
-EXIT_OK, EXIT_INVALID = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 def add_commands(commands: Any) -> None:
     run = commands.add_parser("run", help="run a workload spec on the simulated machine")
     run.add_argument("spec", metavar="SPEC")
     run.add_argument("--kernel", help="override the spec's kernel (version, era or what-if)")
-    run.add_argument("--seed", type=int, help="override the spec's seed")
+    run.add_argument("--seed", type=int, help="override the spec's seed (0 … 2**63-1)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("--out", type=Path, help="write result.json and time series here")
     compare = commands.add_parser("compare", help="run one spec on several kernels side by side")
     compare.add_argument("spec", metavar="SPEC")
     compare.add_argument("--kernel", action="append", required=True,
-                         help="a kernel to run (repeat)")
+                         help="a kernel to run (repeat), or 'all'")
     compare.add_argument("--seed", type=int)
     compare.add_argument("--json", action="store_true")
     commands.add_parser("schema", help="print the JSON Schema of workload specs")
 
 
-def _validated(args: argparse.Namespace) -> tuple[WorkloadSpec, list[str]]:
-    spec = load_spec(args.spec)
-    kernels = args.kernel if isinstance(args.kernel, list) else [args.kernel or spec.kernel]
-    for kernel in kernels:
+def _kernel_options(args: argparse.Namespace) -> list[str | None]:
+    """The kernels named by --kernel (None: the spec's own), checked."""
+    if args.command == "run":
+        if args.kernel is None:
+            return [None]
+        names = [args.kernel]
+    else:
+        names = list(args.kernel)
+    kernels: list[str | None] = []
+    for name in names:
         try:
-            generation_for(kernel)
+            if args.command == "compare":
+                kernels.extend(generation.name for generation in generations_for(name))
+            else:
+                kernels.append(generation_for(name).name)
         except KernelVersionError as exc:
-            raise SpecError(f"--kernel: {exc}") from None
+            raise exc.within(source="--kernel") from None
+    return kernels
+
+
+def _plans(args: argparse.Namespace) -> list[RunPlan]:
+    """Options, spec and plans, all checked (InvalidInput naming the option or the field)."""
+    kernels = _kernel_options(args)
+    if args.seed is not None:
+        try:
+            check_seed(args.seed, path=())
+        except InvalidInput as exc:
+            raise exc.within(source="--seed") from None
+    spec = load_spec(args.spec)
+    return [plan_run(spec, kernel=kernel, seed=args.seed, source=args.spec) for kernel in kernels]
+
+
+def _run_one(plan: RunPlan, console: Console, show_progress: bool, source: str
+             ) -> tuple[dict[str, Any], Simulation]:
+    """Run one plan (with a progress bar on a terminal); the result and the simulation."""
+    spec = plan.spec
+    options: dict[str, Any] = {"kernel": plan.kernel, "seed": plan.seed, "max_frames": plan.max_frames}
     try:
-        costs = cost_model(spec.machine.profile, **spec.machine.costs)
-    except ValueError as exc:
-        raise SpecError(f"{args.spec}: field 'machine': {exc}") from None
-    resident = sum(process.memory for process in spec.processes)
-    if resident > costs.memory_bytes:
-        raise SpecError(f"{args.spec}: field 'processes': resident memory {format_bytes(resident)} "
-                        f"exceeds the machine's {format_bytes(costs.memory_bytes)} "
-                        f"(machine.costs.memory_bytes)")
-    return spec, kernels
+        if not show_progress:
+            sim, wall = sim_run.simulate(spec, **options)
+            return sim_run.result(sim, wall_seconds=wall), sim
+        started = time.perf_counter()
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.fields[sim]} simulated · {task.fields[rate]} events/s"),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(escape(escape_control(f"{spec.name} on {plan.kernel}")),
+                                total=spec.duration, sim="0 s", rate="0")
 
+            def progress(event: Any) -> None:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.update(task, completed=event.sim_seconds, sim=format_seconds(event.sim_seconds),
+                           rate=f"{event.events_processed / elapsed:,.0f}")
 
-def _run_one(spec: WorkloadSpec, kernel: str, seed: int | None, console: Console,
-             show_progress: bool) -> tuple[dict[str, Any], Simulation]:
-    """Run on one kernel (with a progress bar on a terminal); the result and the simulation."""
-    if not show_progress:
-        sim, wall = sim_run.simulate(spec, kernel=kernel, seed=seed)
-        return sim_run.result(sim, wall_seconds=wall), sim
-    started = time.perf_counter()
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.fields[sim]} simulated · {task.fields[rate]} events/s"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(f"{spec.name} on {kernel}", total=spec.duration, sim="0 s", rate="0")
-
-        def progress(done: float, total: float, events: int) -> None:
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=done, sim=format_seconds(done),
-                       rate=f"{events / elapsed:,.0f}")
-
-        sim, wall = sim_run.simulate(spec, kernel=kernel, seed=seed, progress=progress)
-        return sim_run.result(sim, wall_seconds=wall), sim
+            sim, wall = sim_run.simulate(spec, progress=progress, **options)
+            return sim_run.result(sim, wall_seconds=wall), sim
+    except InvalidInput as exc:  # refused inside the run: name the spec it came from
+        raise exc.within(source=source) from None
 
 
 SUMMARY_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
@@ -109,48 +137,56 @@ SUMMARY_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
 
 
 def _summary(console: Console, results: list[dict[str, Any]]) -> None:
-    table = Table(title=results[0]["name"])
+    table = Table(title=Text(escape_control(str(results[0]["name"]))))
     table.add_column("metric")
     for result in results:
-        table.add_column(f"{result['kernel']} ({result['era']})", justify="right")
+        table.add_column(Text(f"{result['kernel']} ({result['era']})"), justify="right")
     for label, value in SUMMARY_ROWS:
         table.add_row(label, *(value(result["metrics"]) for result in results))
     console.print(table)
     for result in results:
         wall = result["wall_seconds"] or 0.0
-        console.print(f"{result['kernel']}: {result['sim_seconds']:g} s simulated in {wall:.2f} s "
-                      f"wall ({result['sim_seconds'] / max(wall, 1e-9):.1f}× real time)")
+        console.print(Text(f"{result['kernel']}: {result['sim_seconds']:g} s simulated in "
+                           f"{wall:.2f} s wall ({result['sim_seconds'] / max(wall, 1e-9):.1f}× "
+                           "real time)"))
 
 
-def _write_out(out: Path, result: dict[str, Any], recorder_series: Any) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    stable = dict(result, wall_seconds=None)  # byte-identical for the same spec and seed
-    (out / "result.json").write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n")
-    (out / "timing.json").write_text(json.dumps({"wall_seconds": result["wall_seconds"]}) + "\n")
-    if recorder_series is not None:
-        recorder_series(out / "series")
+def _write_out(out: OutputDir, result: dict[str, Any], sim: Simulation) -> None:
+    """result.json (byte-identical for the same spec and seed), timing.json and the series,
+    into the temporary directory; then into place."""
+    stable = dict(result, wall_seconds=None)
+    (out.path / "result.json").write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n")
+    (out.path / "timing.json").write_text(json.dumps({"wall_seconds": result["wall_seconds"]})
+                                          + "\n")
+    sim.recorder.write_series(out.path / "series")
+    out.commit()
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return EXIT_OK
-    try:
-        spec, kernels = _validated(args)
-    except SpecError as exc:
-        sys.stderr.write(f"cowsim: {exc}\n")
-        return EXIT_INVALID
+    plans = _plans(args)
     show = not args.json and sys.stderr.isatty()
     if args.command == "run":
-        outcome, sim = _run_one(spec, kernels[0], args.seed, console, show)
-        if args.out is not None:
-            _write_out(args.out, outcome, sim.recorder.write_series)
+        out = OutputDir.prepare(args.out) if args.out is not None else None
+        try:
+            outcome, sim = _run_one(plans[0], console, show, args.spec)
+            if out is not None:
+                try:
+                    _write_out(out, outcome, sim)
+                except OSError as exc:
+                    say(f"--out: cannot write {args.out}: {exc.strerror or exc}")
+                    return EXIT_FAILED
+        finally:
+            if out is not None:
+                out.discard()
         if args.json:
             print(json.dumps(outcome, indent=2, sort_keys=True))
         else:
             _summary(console, [outcome])
         return EXIT_OK
-    outcomes = [_run_one(spec, kernel, args.seed, console, show)[0] for kernel in kernels]
+    outcomes = [_run_one(plan, console, show, args.spec)[0] for plan in plans]
     if args.json:
         print(json.dumps(outcomes, indent=2, sort_keys=True))
     else:

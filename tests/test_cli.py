@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cowsim.clients.cli import main
+from cowsim.sim.kernel.kernel import DEFAULT_MAX_VIOLATIONS
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
 CHILD_UNMAP = str(SCENARIOS / "4.1-vmsplice-child-unmap.yaml")
@@ -219,3 +223,123 @@ def test_malformed_scenarios_never_traceback(capsys: pytest.CaptureFixture[str],
         assert err.startswith(f"cowsim: {path}")
     else:
         json.loads(out)
+
+
+# -- hostile input: one line, exit 2, naming the field -------------------------------------
+
+
+def test_version_comes_from_the_installed_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cowsim {metadata.version('cowsim')}"
+
+
+@pytest.mark.parametrize(("kernel", "fragments"), [
+    ("5.100", ["--kernel: kernel '5.100' is not a Linux release", "5.0–5.19"]),
+    ("latest", ["--kernel: kernel 'latest' is not a kernel version", "4.0–4.20", "6.0–6.18",
+                "A, A', B, C, C', D, E", "aa-mapcount", "'all'"]),
+    ("6.19", ["--kernel: kernel 6.19 is newer than 6.18"]),
+])
+def test_kernel_option_errors_list_what_is_valid(capsys: pytest.CaptureFixture[str], kernel: str,
+                                                 fragments: list[str]) -> None:
+    code, out, err = run_cli(capsys, "scenario", "run", CHILD_UNMAP, "--kernel", kernel)
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_a_kernel_in_the_file_is_blamed_on_the_file(capsys: pytest.CaptureFixture[str],
+                                                    tmp_path: Path) -> None:
+    path = write(tmp_path, Path(CHILD_UNMAP).read_text() + "\nkernel: '5.100'\n")
+    code, _, err = run_cli(capsys, "scenario", "run", path)
+    assert code == 2
+    assert err.startswith(f"cowsim: {path}: field 'kernel': kernel '5.100'")
+    assert "--kernel" not in err
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ('name: x\nsteps:\n  - {op: "wr\\nite", proc: p}\n', "step 0 (wr\\nite): field 'op'"),
+    ("name: x\nsteps:\n  - {op: mmap, proc: p, region: r, pages: 2}\n"
+     "  - {op: write, proc: p, region: r, value: 1, pages: 99999999999999999999999}\n",
+     "step 1 (write): field 'pages': page index"),
+    ("name: x\nsteps:\n  - {op: mmap, proc: p, region: r, pages: 2}\n"
+     "  - {op: write, proc: p, region: r, value: 1, pages: 2.5}\n",
+     "step 1 (write): field 'pages': a page selector is"),
+    ("name: x\nsteps: 7\n", "field 'steps'"),
+    ("7\n", "a scenario is a mapping"),
+])
+def test_hostile_scenarios_get_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                        text: str, fragment: str) -> None:
+    path = write(tmp_path, text)
+    code, out, err = run_cli(capsys, "scenario", "run", path)
+    assert (code, out, err.count("\n")) == (2, "", 1)
+    assert fragment in err
+    assert "(top level)" not in err
+    assert "pages.int" not in err
+
+
+def test_pinning_256_gib_eight_times_is_refused_up_front(capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COWSIM_MAX_MEMORY", "8GiB")
+    pins = "".join(f"  - {{op: pin, proc: p, region: r, id: i{n}}}\n" for n in range(8))
+    path = write(tmp_path, "name: pins\nsteps:\n  - {op: mmap, proc: p, region: r, pages: 67108864}\n"
+                           "  - {op: write, proc: p, region: r, value: 1}\n" + pins)
+    code, _, err = run_cli(capsys, "scenario", "run", path, "--kernel", "6.8")
+    assert (code, err.count("\n")) == (2, 1)
+    assert "(pin): field 'pages': needs about" in err
+    assert "held" in err
+
+
+def test_at_the_frame_limit_the_scenario_is_refused_before_it_runs(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COWSIM_MAX_FRAMES", str(1 << 20))
+    path = write(tmp_path, "name: edge\nsteps:\n  - {op: mmap, proc: p, region: r, pages: 1048576}\n"
+                           "  - {op: write, proc: p, region: r, value: 1}\n")
+    code, out, err = run_cli(capsys, "scenario", "run", path, "--kernel", "6.8")
+    assert (code, out) == (2, "")
+    assert "step 1 (write): field 'pages': needs up to" in err
+    assert "COWSIM_MAX_FRAMES" in err
+
+
+def test_a_million_leaks_are_counted_and_the_list_is_capped(capsys: pytest.CaptureFixture[str],
+                                                           tmp_path: Path) -> None:
+    path = write(tmp_path, "name: leaks\nsteps:\n"
+                           "  - {op: mmap, proc: parent, region: buf, pages: 1000000}\n"
+                           "  - {op: write, proc: parent, region: buf, value: 0x11}\n"
+                           "  - {op: fork, proc: parent, child: child}\n"
+                           "  - {op: vmsplice, proc: child, region: buf, pipe: p}\n"
+                           "  - {op: munmap, proc: child, region: buf}\n"
+                           "  - {op: write, proc: parent, region: buf, value: 0x22}\n")
+    code, out, _ = run_cli(capsys, "scenario", "run", path, "--kernel", "5.4", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert len(result["violations"]) == DEFAULT_MAX_VIOLATIONS
+    assert result["counters"]["violations_leak"] == 1_000_000
+
+
+def wait_until_running(pid: int, rss_bytes: int, timeout: float = 60) -> None:
+    """Until the process's resident set passes ``rss_bytes`` (it has built its model)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss_kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+        if rss_kib * 1024 > rss_bytes:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the command never got going")
+
+
+def test_ctrl_c_during_a_scenario_run_exits_130(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: slow\nsteps:\n  - {op: mmap, proc: p, region: r, pages: 4000000}\n"
+                 + "  - {op: write, proc: p, region: r, value: 1}\n  - {op: fork, proc: p, child: c}\n"
+                 + "".join(f"  - {{op: write, proc: p, region: r, value: {v}}}\n"
+                           f"  - {{op: clear_refs, proc: p}}\n" for v in range(2, 400)))
+    process = subprocess.Popen([sys.executable, "-m", "cowsim.clients.cli", "scenario", "run", path,
+                                "--kernel", "all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    wait_until_running(process.pid, rss_bytes=100 << 20)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err == "cowsim: interrupted\n"
+    assert out == ""

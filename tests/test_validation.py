@@ -88,8 +88,8 @@ def test_error_classes_are_one_type() -> None:
     (("name: db", "name: server"), ("processes", 1, "name"), "processes[1].name"),
     (("cpus: 2", "cpus: 2, costs: {ipi_base_ns: .nan}"), ("machine", "costs", "ipi_base_ns"),
      "machine.costs.ipi_base_ns"),
-    (("cpus: 2", "cpus: 2, costs: {nope_ns: 1}"), ("machine", "costs", "nope_ns"),
-     "machine.costs.nope_ns"),
+    (("cpus: 2", "cpus: 2, costs: {nope_ns: 1}"), ("machine",), "machine"),
+    (("cpus: 2", "cpus: 2, profile: nope"), ("machine", "profile"), "machine.profile"),
     (("seed: 4", "seed: 4\nkernel: '5.100'"), ("kernel",), "kernel"),
 ])
 def test_spec_errors_carry_the_field_path(edit: tuple[str, str], path: tuple[object, ...],
