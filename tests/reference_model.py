@@ -27,6 +27,12 @@ Readings this model takes where the contract leaves room:
 * ``leak`` reports against a holder are once per (holder, frame) where *frame* is
   the physical page object, not a recycled frame number.
 * A GUP that fails its checks (pages, protection) registers no pipe or id.
+* Operations that fault (write, GUP) return ``{"pages": [...], "flags": [...]}``, the
+  :class:`~cowsim.sim.kernel.vmfault.FaultFlags` of each selected page (the vocabulary
+  is shared, the computation is this model's own).
+* A DMA transfer of some pages (``pages``) needs an id holding exactly one region and
+  every page held; errors in this order: unknown id, read-only (write), several
+  regions, page outside the region, page not held.
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ from cowsim.sim.kernel.generations import (
 )
 from cowsim.sim.kernel.kernel import MAX_REGION_PAGES
 from cowsim.sim.kernel.oracles import Violation
+from cowsim.sim.kernel.vmfault import FaultFlags
+
+FaultReport = dict[str, list[int]]
+"""What an operation that faults returns: the selected pages and each one's FaultFlags."""
 
 MAYBE_PINNED = 1024
 """page_maybe_dma_pinned(): refcount >= GUP_PIN_COUNTING_BIAS (whatever pin_bias is)."""
@@ -294,6 +304,7 @@ class RefKernel:
         if full in self._reported:
             return
         self._reported.add(full)
+        self._count(f"violations_{kind}")
         self.violations.append(Violation(kind=kind, step=self.step, proc=proc, region=region,
                                          page=page, frames=frames, detail=detail))
 
@@ -455,7 +466,8 @@ class RefKernel:
             self._delete_from_swap_cache(frame)
         return frame.refcount == 1
 
-    def _do_wp_page(self, owner: RefProcess, vma: RefVMA, page: int, *, unshare: bool) -> None:
+    def _do_wp_page(self, owner: RefProcess, vma: RefVMA, page: int, *, unshare: bool) -> int:
+        """do_wp_page; returns WP_REUSE, COW_COPY (+ZERO_PAGE), or 0 for an unshare reuse."""
         pte = vma.ptes[page]
         assert pte is not None
         assert pte.frame is not None
@@ -463,7 +475,7 @@ class RefKernel:
             pte.write = pte.dirty = pte.soft_dirty = True
             pte.cause = "none"
             self._count("wp_reuses")
-            return
+            return FaultFlags.WP_REUSE
         old = pte.frame
         if old is not self.zero and self._wp_can_reuse(old):
             if self.gen.anon_exclusive:
@@ -472,7 +484,8 @@ class RefKernel:
                 pte.write = pte.dirty = pte.soft_dirty = True
                 pte.cause = "none"
                 self._count("wp_reuses")
-            return
+                return FaultFlags.WP_REUSE
+            return 0
         # wp_page_copy()
         if unshare:
             cause: str | None = "unshare"
@@ -494,18 +507,23 @@ class RefKernel:
             old.mapcount -= 1
             self._put(old)
         self._lru_cache_add(new)
+        return FaultFlags.COW_COPY | (FaultFlags.ZERO_PAGE if old is self.zero else 0)
 
-    def _fault_writable(self, owner: RefProcess, vma: RefVMA, page: int) -> None:
-        """Steps 1-4 of a write: leave a present, writable PTE."""
+    def _fault_writable(self, owner: RefProcess, vma: RefVMA, page: int) -> int:
+        """Steps 1-4 of a write: leave a present, writable PTE.  Returns the fault flags."""
+        flags = 0
         pte = vma.ptes[page]
         inline_swap = False
         if pte is None:
             if vma.shared:
                 self._shmem_fault(vma, page, write=True)
+                flags |= FaultFlags.SHMEM
             else:
                 self._anonymous_write(vma, page)
+                flags |= FaultFlags.ANONYMOUS
         elif pte.swapped:
             inline_swap = not self._do_swap_page(vma, page, write=True)
+            flags |= FaultFlags.SWAP
         pte = vma.ptes[page]
         assert pte is not None
         assert pte.present
@@ -514,23 +532,28 @@ class RefKernel:
             self._fault("uffd_wp")
             self._uffd_writeprotect(owner, vma, [page], protect=False)
             protected = True
+            flags |= FaultFlags.UFFD_WP
         pte = vma.ptes[page]
         assert pte is not None
         if not pte.write:
             if not (inline_swap and not protected):
                 self._fault("wp")
-            self._do_wp_page(owner, vma, page, unshare=False)
+            flags |= self._do_wp_page(owner, vma, page, unshare=False)
+        return flags
 
-    def _fault_readable(self, vma: RefVMA, page: int) -> None:
+    def _fault_readable(self, vma: RefVMA, page: int) -> int:
         pte = vma.ptes[page]
         if pte is None:
             if vma.shared:
                 self._shmem_fault(vma, page, write=False)
-            else:
-                self._fault("anonymous")
-                vma.ptes[page] = Pte(frame=self.zero)
-        elif pte.swapped:
+                return FaultFlags.SHMEM
+            self._fault("anonymous")
+            vma.ptes[page] = Pte(frame=self.zero)
+            return FaultFlags.ANONYMOUS | FaultFlags.ZERO_PAGE
+        if pte.swapped:
             self._do_swap_page(vma, page, write=False)
+            return FaultFlags.SWAP
+        return 0
 
     # ------------------------------------------------------------------
     # zapping
@@ -624,7 +647,7 @@ class RefKernel:
     # GUP
     # ------------------------------------------------------------------
     def _gup(self, proc: str, region: str, pages: Iterable[int] | None, name: str, *,
-             is_pipe: bool, label: str, pin: bool, write: bool, longterm: bool) -> None:
+             is_pipe: bool, label: str, pin: bool, write: bool, longterm: bool) -> FaultReport:
         owner, vma = self._vma(proc, region)
         table = self.pipes if is_pipe else self.refs
         index = self._select(vma, pages)
@@ -634,14 +657,15 @@ class RefKernel:
             raise KernelOpError("region", f"GUP for write on read-only region {region!r}")
         holder = table.setdefault(name, RefHolder(name, is_pipe))
         force = self.gen.gup_breaks_cow and not vma.shared and vma.prot == "rw"
+        flags = [0] * len(index)
         if write or force:
-            for page in index:
-                self._fault_writable(owner, vma, page)
+            for i, page in enumerate(index):
+                flags[i] = self._fault_writable(owner, vma, page)
         else:
-            for page in index:
-                self._fault_readable(vma, page)
+            for i, page in enumerate(index):
+                flags[i] = self._fault_readable(vma, page)
             if pin and self.gen.anon_exclusive and not vma.shared:
-                for page in index:
+                for i, page in enumerate(index):
                     pte = vma.ptes[page]
                     assert pte is not None
                     assert pte.frame is not None
@@ -652,7 +676,8 @@ class RefKernel:
                         must = frame.anon and not frame.pae
                     if must:
                         self._fault("unshare")
-                        self._do_wp_page(owner, vma, page, unshare=True)
+                        flags[i] |= FaultFlags.UNSHARE | self._do_wp_page(owner, vma, page,
+                                                                          unshare=True)
         frames: list[Frame] = []
         for page in index:
             pte = vma.ptes[page]
@@ -669,6 +694,7 @@ class RefKernel:
             self._count("gup_pages", len(index))
         holder.chunks.append(Chunk(owner=owner, vma=vma, pages=index, frames=frames, label=label,
                                    pinned=pin, writable=write, longterm=longterm, amount=amount))
+        return {"pages": index, "flags": flags}
 
     # ------------------------------------------------------------------
     # system calls
@@ -693,13 +719,15 @@ class RefKernel:
         self._release_vma(vma)
         del owner.mm.vmas[region]
 
-    def write(self, proc: str, region: str, pages: Iterable[int] | None, value: int) -> None:
+    def write(self, proc: str, region: str, pages: Iterable[int] | None,
+              value: int) -> FaultReport:
         owner, vma = self._vma(proc, region)
         index = self._select(vma, pages)
         if vma.prot != "rw":
             raise KernelOpError("region", f"{proc!r} writes region {region!r}: SIGSEGV")
+        flags = []
         for page in index:
-            self._fault_writable(owner, vma, page)
+            flags.append(self._fault_writable(owner, vma, page))
             pte = vma.ptes[page]
             assert pte is not None
             assert pte.frame is not None
@@ -707,6 +735,7 @@ class RefKernel:
             self._check_store(owner, pte.frame, page, vma, proc)
             pte.frame.content = value
             pte.dirty = True
+        return {"pages": index, "flags": flags}
 
     def read(self, proc: str, region: str, pages: Iterable[int] | None = None) -> list[int]:
         _owner, vma = self._vma(proc, region)
@@ -937,32 +966,32 @@ class RefKernel:
 
     # -- GUP users -------------------------------------------------------
     def gup(self, proc: str, region: str, pages: Iterable[int] | None, ref_id: str,
-            write: bool = False) -> None:
-        self._gup(proc, region, pages, ref_id, is_pipe=False, label="gup", pin=False, write=write,
+            write: bool = False) -> FaultReport:
+        return self._gup(proc, region, pages, ref_id, is_pipe=False, label="gup", pin=False, write=write,
                   longterm=False)
 
     def pin(self, proc: str, region: str, pages: Iterable[int] | None, ref_id: str,
-            write: bool = True, longterm: bool = True) -> None:
-        self._gup(proc, region, pages, ref_id, is_pipe=False, label="pin", pin=True, write=write,
+            write: bool = True, longterm: bool = True) -> FaultReport:
+        return self._gup(proc, region, pages, ref_id, is_pipe=False, label="pin", pin=True, write=write,
                   longterm=longterm)
 
     def odirect_read(self, proc: str, region: str, pages: Iterable[int] | None,
-                     ref_id: str) -> None:
-        self._gup(proc, region, pages, ref_id, is_pipe=False, label="odirect_read",
+                     ref_id: str) -> FaultReport:
+        return self._gup(proc, region, pages, ref_id, is_pipe=False, label="odirect_read",
                   pin=self.gen.odirect_uses_pin, write=True, longterm=False)
 
     def odirect_write(self, proc: str, region: str, pages: Iterable[int] | None,
-                      ref_id: str) -> None:
-        self._gup(proc, region, pages, ref_id, is_pipe=False, label="odirect_write",
+                      ref_id: str) -> FaultReport:
+        return self._gup(proc, region, pages, ref_id, is_pipe=False, label="odirect_write",
                   pin=self.gen.odirect_uses_pin, write=False, longterm=False)
 
     def io_uring_register(self, proc: str, region: str, pages: Iterable[int] | None,
-                          ref_id: str) -> None:
-        self._gup(proc, region, pages, ref_id, is_pipe=False, label="io_uring", pin=True,
+                          ref_id: str) -> FaultReport:
+        return self._gup(proc, region, pages, ref_id, is_pipe=False, label="io_uring", pin=True,
                   write=True, longterm=True)
 
-    def vmsplice(self, proc: str, region: str, pages: Iterable[int] | None, pipe: str) -> None:
-        self._gup(proc, region, pages, pipe, is_pipe=True, label="vmsplice", pin=False,
+    def vmsplice(self, proc: str, region: str, pages: Iterable[int] | None, pipe: str) -> FaultReport:
+        return self._gup(proc, region, pages, pipe, is_pipe=True, label="vmsplice", pin=False,
                   write=False, longterm=False)
 
     def release(self, ref_id: str) -> None:
@@ -980,20 +1009,41 @@ class RefKernel:
             raise KernelOpError("id", f"nothing is held under id {ref_id!r}")
         return holder
 
-    def dma_write(self, ref_id: str, value: int) -> None:
+    def _transfer(self, holder: RefHolder,
+                  pages: Iterable[int] | None) -> list[tuple[Chunk, list[int]]]:
+        """The chunks a device transfer touches, and the positions in each."""
+        if pages is None:
+            return [(chunk, list(range(len(chunk.pages)))) for chunk in holder.chunks]
+        regions = {(id(chunk.owner), id(chunk.vma)) for chunk in holder.chunks}
+        if len(regions) != 1:
+            raise KernelOpError("pages", f"{holder.description} does not hold exactly one region")
+        wanted = set(self._select(holder.chunks[0].vma, pages))
+        out = []
+        for chunk in holder.chunks:
+            positions = [i for i, page in enumerate(chunk.pages) if page in wanted]
+            if positions:
+                out.append((chunk, positions))
+        held = {chunk.pages[i] for chunk, positions in out for i in positions}
+        if wanted - held:
+            raise KernelOpError("pages", f"page {min(wanted - held)} is not held")
+        return out
+
+    def dma_write(self, ref_id: str, value: int, pages: Iterable[int] | None = None) -> None:
         holder = self._holder(ref_id)
         if any(not chunk.writable for chunk in holder.chunks):
             raise KernelOpError("id", f"{holder.description} holds read-only references")
-        for chunk in holder.chunks:
-            for page, frame in zip(chunk.pages, chunk.frames, strict=True):
+        for chunk, positions in self._transfer(holder, pages):
+            for i in positions:
+                page, frame = chunk.pages[i], chunk.frames[i]
                 self._check_store(chunk.owner, frame, page, chunk.vma,
                                   f"device via {holder.description}")
                 if frame is not self.zero:
                     frame.content = value
 
-    def dma_read(self, ref_id: str) -> list[int]:
+    def dma_read(self, ref_id: str, pages: Iterable[int] | None = None) -> list[int]:
         holder = self._holder(ref_id)
-        return [frame.content for chunk in holder.chunks for frame in chunk.frames]
+        return [chunk.frames[i].content for chunk, positions in self._transfer(holder, pages)
+                for i in positions]
 
     def lru_add_drain(self, cpu: int | None = None) -> None:
         if cpu is None or cpu == 0:

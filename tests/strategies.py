@@ -22,6 +22,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from cowsim.sim.kernel import Generation, all_generations, generation_for
+from cowsim.sim.kernel.vmfault import FaultReport
 
 GENERATIONS: list[Generation] = [*all_generations(), generation_for("aa-mapcount")]
 """Every era's representative version, plus the what-if that restores mapcount reuse."""
@@ -55,6 +56,8 @@ class Op:
 
 
 def normalize(value: Any) -> Any:
+    if isinstance(value, FaultReport):
+        return normalize(value.as_dict())
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, dict):
@@ -251,9 +254,12 @@ def op_sequences(draw: st.DrawFn, min_ops: int = 8, max_ops: int = 45) -> list[O
         elif kind == "release":
             ops.append(Op("release", (ref_id,)))
         elif kind == "dma_write":
-            ops.append(Op("dma_write", (ref_id, value)))
+            # Some transfers touch only some pages (of the region drawn: often the one held).
+            some = draw(st.booleans())
+            ops.append(Op("dma_write", (ref_id, value, pages()) if some else (ref_id, value)))
         elif kind == "dma_read":
-            ops.append(Op("dma_read", (ref_id,)))
+            some = draw(st.booleans())
+            ops.append(Op("dma_read", (ref_id, pages()) if some else (ref_id,)))
         elif kind == "lru_add_drain":
             ops.append(Op("lru_add_drain", ()))
         else:  # pragma: no cover - every kind is handled above

@@ -10,6 +10,9 @@ fork), ``zero_page`` (first write after a read mapped the zero page),
 by swap-in), ``clear_refs``, ``mprotect`` and ``uffd_wp``.  ``wp_reuses`` is
 ``pgreuse``.  TLB flushes are counted by kind; ``tlb_flush_ipis`` counts the
 remote CPUs they reach (the mm's CPU mask less the flushing CPU).
+``violations_<kind>`` counts every violation the oracles report (``leak``,
+``pin_diverged``, ``stale_pin``), each once per kind, holder and page, however
+few of them the kernel keeps as objects (``max_violations``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ COW_CAUSES = (
     "fork", "fork_pinned", "zero_page", "unshare", "swapin", "clear_refs", "mprotect", "uffd_wp",
 )
 FAULT_TYPES = ("anonymous", "shmem", "swap", "wp", "unshare", "uffd_wp")
+VIOLATION_KINDS = ("leak", "pin_diverged", "stale_pin")
 
 COUNTER_NAMES: tuple[str, ...] = (
     "page_faults",
@@ -35,6 +39,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "swap_outs",
     "gup_pages",
     "pin_pages",
+    *(f"violations_{kind}" for kind in VIOLATION_KINDS),
 )
 
 

@@ -1,4 +1,4 @@
-"""Page faults: do_anonymous_page, do_wp_page (reuse or copy), unshare, shmem.
+"""Page faults: handle_pte_fault, do_anonymous_page, do_wp_page (reuse or copy), unshare.
 
 A store needs a present, writable PTE.  When there is none the CPU faults and
 the kernel takes one of these paths (``handle_pte_fault``):
@@ -32,6 +32,12 @@ and, when it fills, the batch flushes every page it held, which changes
 handled in runs: each page whose frame sits in a batch is a run of its own,
 and the pages between them are one vectorized run, exactly as a page-by-page
 walk would see them.
+
+Every entry point (:func:`fault_in_writable`, :func:`fault_in_readable`,
+:func:`unshare`) tells its caller what it did per page: a
+:class:`~cowsim.sim.kernel.vmfault.FaultReport` of
+:class:`~cowsim.sim.kernel.vmfault.FaultFlags`.  The handlers share one
+:class:`~cowsim.sim.kernel.vmfault.VmFault` (``struct vm_fault``).
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from cowsim.sim.kernel.pages import (
     PG_lru_batch,
     PG_swapcache,
 )
+from cowsim.sim.kernel.vmfault import FaultFlags, FaultReport, FlagArray, VmFault
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel
@@ -77,6 +84,21 @@ _CAUSE_NAMES = {
     WpCause.SWAPIN: "swapin",
     WpCause.UNSHARE: "unshare",
 }
+
+
+_RW = Pte.RW.u16
+_DIRTY = Pte.DIRTY.u16
+_SWAP = Pte.SWAP.u16
+_UFFD_WP = Pte.UFFD_WP.u16
+_ANONYMOUS = FaultFlags.ANONYMOUS.u8
+_ZERO_READ = (FaultFlags.ANONYMOUS | FaultFlags.ZERO_PAGE).u8
+_SHMEM = FaultFlags.SHMEM.u8
+_SWAPPED = FaultFlags.SWAP.u8
+_UFFD = FaultFlags.UFFD_WP.u8
+_REUSE = FaultFlags.WP_REUSE.u8
+_COPY = FaultFlags.COW_COPY.u8
+_ZERO_COPY = (FaultFlags.COW_COPY | FaultFlags.ZERO_PAGE).u8
+_UNSHARE = FaultFlags.UNSHARE.u8
 
 
 def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
@@ -109,37 +131,84 @@ def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
     return frames
 
 
-def fault_in_writable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
-    """Fault until every page has a present writable PTE (a write, or GUP with FOLL_WRITE)."""
+def fault_in_writable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int, *,
+                      store: bool = False) -> FaultReport:
+    """faultin_page() with FOLL_WRITE: fault until every page has a present, writable PTE.
+    With ``store`` (a CPU store) the hardware then sets the dirty bits (:func:`mark_written`).
+    ``pages`` ascending and unique; the report is aligned with them."""
+    if pages.size == 0:
+        return FaultReport(pages)
+    pte = vma.pte[pages]
+    common = np.bitwise_and.reduce(pte)
+    if common & _RW:
+        # The hot path: every PTE is writable already, nothing faults.
+        if store and not common & _DIRTY:
+            vma.pte[pages] = pte | _DIRTY
+        return FaultReport(pages)
+    vmf = VmFault(k, owner, vma, cpu, write=True)
+    flags = np.zeros(pages.size, dtype=np.uint8)
+    offset = 0
     for run in split_runs(k, vma, pages):
-        _write_run(k, owner, vma, run, cpu)
+        handle_pte_fault(vmf, run, flags[offset : offset + run.size])
+        offset += run.size
+    if store:
+        mark_written(vma, pages)
+    return FaultReport(pages, flags)
 
 
-def _write_run(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
+def fault_in_readable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex,
+                      cpu: int) -> FaultReport:
+    """faultin_page() without FOLL_WRITE, or a load: fault until every page has a present
+    PTE.  No reuse decision is taken, so the pages are handled in one run."""
+    if pages.size == 0 or (vma.pfn[pages].min() >= 0 and vma.pte[pages].max() < _SWAP):
+        return FaultReport(pages)
+    flags = np.zeros(pages.size, dtype=np.uint8)
+    handle_pte_fault(VmFault(k, owner, vma, cpu, write=False), pages, flags)
+    return FaultReport(pages, flags)
+
+
+def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
+    """handle_pte_fault() for one run of pages: dispatch on each PTE's state, ORing what
+    was done into ``flags`` (aligned with ``pages``).  A write leaves every PTE writable."""
+    k, vma, write = vmf.k, vmf.vma, vmf.write
     new_frames: list[tuple[PageIndex, FrameArray]] = []
-    none = pages[vma.pfn[pages] < 0]
-    if none.size:
+    none = vma.pfn[pages] < 0
+    if none.any():
         if vma.shared:
-            shmem_fault(k, vma, none, write=True, cpu=cpu)
+            shmem_fault(vmf, pages[none])
+            flags[none] |= _SHMEM
         else:
-            new_frames.append((none, do_anonymous_write(k, vma, none)))
-    swapped = pages[vma.swapped(pages)]
-    still_read_only = swapped
-    if swapped.size:
-        still_read_only = swap.do_swap_page(k, vma, swapped, write=True)
+            frames = do_anonymous_page(vmf, pages[none])
+            flags[none] |= _ANONYMOUS if write else _ZERO_READ
+            if write:
+                new_frames.append((pages[none], frames))
+    swapped = vma.swapped(pages)
+    inline: npt.NDArray[np.bool_] | None = None
+    if swapped.any():
+        still_read_only = swap.do_swap_page(vmf, pages[swapped])
+        flags[swapped] |= _SWAPPED
+        if write:
+            inline = np.zeros(pages.size, dtype=bool)
+            inline[np.flatnonzero(swapped)[still_read_only]] = True
+    if not write:
+        return
     # Userfaultfd write-protected PTEs: the monitor un-protects, the write is retried.
-    protected = pages[(vma.pte[pages] & Pte.UFFD_WP.u16) != 0]
-    if protected.size:
-        k.counters.fault("uffd_wp", protected.size)
-        protect.uffd_writeprotect(k, owner, vma, protected, False, cpu=cpu, per_page=True)
-    read_only = pages[vma.present(pages) & ((vma.pte[pages] & Pte.RW.u16) == 0)]
-    if read_only.size:
+    protected = (vma.pte[pages] & _UFFD_WP) != 0
+    if protected.any():
+        k.counters.fault("uffd_wp", int(np.count_nonzero(protected)))
+        protect.uffd_writeprotect(k, vmf.owner, vma, pages[protected], False, cpu=vmf.cpu,
+                                  per_page=True)
+        flags[protected] |= _UFFD
+    read_only = vma.read_only(pages)
+    if read_only.any():
         # Swap-in's own do_wp_page call is part of the swap fault, not a new fault.
-        inline = np.isin(read_only, np.setdiff1d(still_read_only, protected), assume_unique=True)
-        k.counters.fault("wp", int((~inline).sum()))
-        copied_pages, copied = do_wp_page(k, owner, vma, read_only, unshare=False, cpu=cpu)
-        new_frames.append((copied_pages, copied))
-    _batch_in_page_order(k, new_frames, cpu)
+        wp = read_only if inline is None else read_only & ~(inline & ~protected)
+        k.counters.fault("wp", int(np.count_nonzero(wp)))
+        ro_pages = pages[read_only]
+        ro_flags, copied = do_wp_page(vmf, ro_pages)
+        flags[read_only] |= ro_flags
+        new_frames.append((ro_pages[(ro_flags & _COPY) != 0], copied))
+    _batch_in_page_order(k, new_frames, vmf.cpu)
 
 
 def _batch_in_page_order(k: Kernel, new: list[tuple[PageIndex, FrameArray]], cpu: int) -> None:
@@ -155,25 +224,16 @@ def _batch_in_page_order(k: Kernel, new: list[tuple[PageIndex, FrameArray]], cpu
     k.lru_cache_add(frames[np.argsort(pages, kind="stable")], cpu)
 
 
-def fault_in_readable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
-    """Fault until every page has a present PTE (a load, or GUP without FOLL_WRITE)."""
-    none = pages[vma.pfn[pages] < 0]
-    if none.size:
-        if vma.shared:
-            shmem_fault(k, vma, none, write=False, cpu=cpu)
-        else:
-            # do_anonymous_page for a read: map the shared zero page read-only.
-            k.counters.fault("anonymous", none.size)
-            vma.pfn[none] = ZERO_PFN
-            vma.pte[none] = 0
-    swapped = pages[vma.swapped(pages)]
-    if swapped.size:
-        swap.do_swap_page(k, vma, swapped, write=False)
-
-
-def do_anonymous_write(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
-    """do_anonymous_page() for a write: a zeroed page, mapped writable (and exclusive)."""
+def do_anonymous_page(vmf: VmFault, pages: PageIndex) -> FrameArray:
+    """do_anonymous_page(): a write gets a zeroed page, mapped writable (and exclusive);
+    a read maps the shared zero page read-only.  Returns the new frames (none for a read);
+    the caller queues them on the LRU-add batch in page order."""
+    k, vma = vmf.k, vmf.vma
     k.counters.fault("anonymous", pages.size)
+    if not vmf.write:
+        vma.pfn[pages] = ZERO_PFN
+        vma.pte[pages] = 0
+        return np.zeros(0, dtype=np.int32)
     flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
     frames = k.alloc_pages(int(pages.size), np.uint8(flags))
     k.frames.mapcount[frames] = 1
@@ -183,8 +243,10 @@ def do_anonymous_write(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
     return frames
 
 
-def shmem_fault(k: Kernel, vma: VMA, pages: PageIndex, write: bool, cpu: int) -> None:
-    """A fault in a MAP_SHARED anonymous region: map the shmem page, allocating it if new."""
+def shmem_fault(vmf: VmFault, pages: PageIndex) -> None:
+    """shmem_fault(): a fault in a MAP_SHARED anonymous region maps the shmem page,
+    allocating it (and adding it to the LRU) if new."""
+    k, vma = vmf.k, vmf.vma
     assert vma.shmem is not None
     k.counters.fault("shmem", pages.size)
     frames = vma.shmem.frames[pages]
@@ -194,34 +256,39 @@ def shmem_fault(k: Kernel, vma: VMA, pages: PageIndex, write: bool, cpu: int) ->
         k.frames.refcount[new] = 1  # the page cache's reference
         vma.shmem.frames[pages[missing]] = new
         frames[missing] = new
-        k.lru_cache_add(new, cpu)
+        k.lru_cache_add(new, vmf.cpu)
     k.frames.mapcount[frames] += 1
     k.get_page(frames)
     vma.pfn[pages] = frames
     # Without soft-dirty tracking a shared writable mapping needs no write notification.
-    writable = write or (vma.writable and bool(vma.vm_flags & VM_SOFTDIRTY))
-    bits = PTE_WRITTEN if write else (Pte.RW.u16 if writable else np.uint16(0))
+    writable = vmf.write or (vma.writable and bool(vma.vm_flags & VM_SOFTDIRTY))
+    bits = PTE_WRITTEN if vmf.write else (_RW if writable else np.uint16(0))
     vma.pte[pages] = np.uint16(bits)
 
 
-def do_wp_page(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unshare: bool,
-               cpu: int) -> tuple[PageIndex, FrameArray]:
-    """Write-protect (or unshare) fault on present read-only PTEs.  Returns the copied
-    pages and their new frames, which the caller queues on the LRU-add batch."""
-    empty = (pages[:0], np.zeros(0, dtype=np.int32))
+def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
+    """do_wp_page(): write-protect (or, with ``vmf.unshare``, unshare) fault on present
+    read-only PTEs.  Returns each page's flags (WP_REUSE, COW_COPY, ZERO_PAGE; an unshare
+    that keeps the page: none) and the new frames of the copied pages, in page order,
+    which the caller queues on the LRU-add batch."""
+    k, vma, unshare = vmf.k, vmf.vma, vmf.unshare
+    empty = np.zeros(0, dtype=np.int32)
     if vma.shared:
         # wp_page_shared(): no COW in a shared mapping, just make the PTE writable.
         vma.pte[pages] = (vma.pte[pages] & ~WP_CAUSE_MASK) | PTE_WRITTEN
         k.counters.add("wp_reuses", pages.size)
-        return empty
+        return np.full(pages.size, _REUSE, dtype=np.uint8), empty
     frames = vma.pfn[pages]
     zero = frames == ZERO_PFN
     reuse = np.zeros(pages.size, dtype=bool)
     anon = ~zero
     if anon.any():
-        reuse[anon] = wp_can_reuse(k, frames[anon], cpu)
+        reuse[anon] = wp_can_reuse_anon_folio(k, frames[anon], vmf.cpu)
+    flags = np.where(reuse, np.uint8(0) if unshare else _REUSE,
+                     np.where(zero, _ZERO_COPY, _COPY)).astype(np.uint8)
     reused = pages[reuse]
     if reused.size:
+        # wp_page_reuse()
         if k.gen.anon_exclusive:
             k.frames.set(frames[reuse], PG_anon_exclusive)
         if not unshare:
@@ -229,12 +296,14 @@ def do_wp_page(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unshare
             k.counters.add("wp_reuses", reused.size)
     copy = ~reuse
     if not copy.any():
-        return empty
-    return pages[copy], wp_page_copy(k, owner, vma, pages[copy], unshare=unshare, cpu=cpu)
+        return flags, empty
+    return flags, wp_page_copy(vmf, pages[copy])
 
 
-def wp_can_reuse(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDArray[np.bool_]:
-    """The era's reuse decision for anonymous frames (unique) mapped read-only.
+def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDArray[np.bool_]:
+    """The era's reuse decision for anonymous frames (unique) mapped read-only: the
+    kernel's ``wp_can_reuse_anon_folio()`` (6.5+; before it inline in do_wp_page, and
+    ``reuse_swap_page()`` up to 5.8).
 
     Side effects as in the kernel: ≤5.8 drops a reusable page from the swap
     cache; 5.18+ drain the local LRU-add batch and free the swap cache.
@@ -266,9 +335,10 @@ def wp_can_reuse(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDArray[np.bool
     return reuse
 
 
-def wp_page_copy(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unshare: bool,
-                 cpu: int) -> FrameArray:
-    """wp_page_copy(): allocate, copy, flush the old PTE, map the copy."""
+def wp_page_copy(vmf: VmFault, pages: PageIndex) -> FrameArray:
+    """wp_page_copy(): allocate, copy (or zero-fill, for the zero page), flush the old PTE,
+    map the copy (read-only for an unshare)."""
+    k, vma, unshare = vmf.k, vmf.vma, vmf.unshare
     old_frames = vma.pfn[pages]
     old_pte = vma.pte[pages]
     zero = old_frames == ZERO_PFN
@@ -289,21 +359,28 @@ def wp_page_copy(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, *, unsha
     else:
         vma.pte[pages] = PTE_WRITTEN
     vma.pfn[pages] = new
-    k.flush_tlb(owner.mm, "page", count=int(pages.size), cpu=cpu)
+    k.flush_tlb(vmf.owner.mm, "page", count=int(pages.size), cpu=vmf.cpu)
     shared_old = old_frames[~zero]
     k.frames.mapcount[shared_old] -= 1
     k.put_page(shared_old)
     return new
 
 
-def unshare(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
-    """FAULT_FLAG_UNSHARE on read-only mapped pages (5.19+ R/O pins)."""
+def unshare(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> FlagArray:
+    """FAULT_FLAG_UNSHARE on read-only mapped pages (5.19+ R/O pins): do_wp_page() with
+    ``vmf.unshare``.  Returns each page's flags (UNSHARE, plus COW_COPY if copied)."""
+    vmf = VmFault(k, owner, vma, cpu, unshare=True)
+    flags = np.full(pages.size, _UNSHARE, dtype=np.uint8)
+    offset = 0
     for run in split_runs(k, vma, pages):
         k.counters.fault("unshare", run.size)
-        copied_pages, copied = do_wp_page(k, owner, vma, run, unshare=True, cpu=cpu)
-        _batch_in_page_order(k, [(copied_pages, copied)], cpu)
+        run_flags, copied = do_wp_page(vmf, run)
+        flags[offset : offset + run.size] |= run_flags
+        _batch_in_page_order(k, [(run[(run_flags & _COPY) != 0], copied)], cpu)
+        offset += run.size
+    return flags
 
 
 def mark_written(vma: VMA, pages: PageIndex) -> None:
-    """A store through a writable PTE: the hardware sets the dirty bit (not soft-dirty)."""
-    vma.pte[pages] |= Pte.DIRTY.u16
+    """A store through writable PTEs: the hardware sets the dirty bit (not soft-dirty)."""
+    vma.pte[pages] |= _DIRTY

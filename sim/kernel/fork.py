@@ -1,4 +1,4 @@
-"""fork(): ``dup_mmap`` / ``copy_page_range`` for anonymous memory.
+"""fork(): ``dup_mmap`` → ``copy_page_range`` → ``copy_pte_range`` for anonymous memory.
 
 The child gets a copy of every VMA (except MADV_DONTFORK ones; MADV_WIPEONFORK
 ones come empty) and, for private regions, a copy of the page table: each
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 
 
 def dup_mmap(k: Kernel, parent: Process, child: Process, cpu: int) -> None:
-    """Copy the parent's address space into the (new, empty) child."""
+    """dup_mmap(): copy the parent's address space into the (new, empty) child, VMA by VMA
+    (vm_area_dup), and each private page table (copy_page_range)."""
     child.mm.cpus = set(parent.mm.cpus)
     wrprotected = False
     for region, vma in parent.mm.vmas.items():
@@ -61,7 +62,7 @@ def dup_mmap(k: Kernel, parent: Process, child: Process, cpu: int) -> None:
         child.mm.vmas[region] = child_vma
         if vma.shared or vma.vm_flags & VM_WIPEONFORK:
             continue
-        if _copy_whole_fast(k, parent, vma, child_vma):
+        if _copy_pte_range_whole(k, parent, vma, child_vma):
             wrprotected = True
             continue
         child_vma.pfn.fill(-1)
@@ -72,17 +73,17 @@ def dup_mmap(k: Kernel, parent: Process, child: Process, cpu: int) -> None:
             populated = np.flatnonzero(vma.pfn >= 0)
             wrprotected |= populated.size > 0
             for run in split_runs(k, vma, populated):
-                _copy_run(k, parent, vma, child_vma, run, cpu)
+                copy_pte_range(k, parent, vma, child_vma, run, cpu)
         else:
-            wrprotected |= _copy_run(k, parent, vma, child_vma, None, cpu)
+            wrprotected |= copy_pte_range(k, parent, vma, child_vma, None, cpu)
     if wrprotected:
         k.flush_tlb(parent.mm, "mm", cpu=cpu)
 
 
-def _copy_run(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex | None,
+def copy_pte_range(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex | None,
               cpu: int) -> bool:
-    """copy_pte_range() over ``pages`` (None: the whole VMA, without index arrays).
-    Returns whether any PTE was populated."""
+    """copy_pte_range() (with copy_present_ptes / copy_nonpresent_pte) over ``pages``
+    (None: the whole VMA, without index arrays).  Returns whether any PTE was populated."""
     every = slice(None) if pages is None else pages
     pfn = src.pfn[every]
     pte = src.pte[every]
@@ -109,7 +110,7 @@ def _copy_run(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex |
             pinned &= k.frames.test(candidates, PG_anon_exclusive)
         early[real] = pinned
     if early.any():
-        _early_copy(k, src, dst, _positions(pages, early), cpu)
+        copy_present_page(k, src, dst, _positions(pages, early), cpu)
         present &= ~early
         real &= ~early
     # Share: one more mapping of each page; write-protect both PTEs.
@@ -129,9 +130,10 @@ def _copy_run(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIndex |
     return True
 
 
-def _copy_whole_fast(k: Kernel, parent: Process, src: VMA, dst: VMA) -> bool:
-    """The common case with no index arrays at all: every PTE present, writable and mapping
-    a real page, and no early copy to consider (one reduction checks each condition)."""
+def _copy_pte_range_whole(k: Kernel, parent: Process, src: VMA, dst: VMA) -> bool:
+    """copy_pte_range() in the common case, with no index arrays at all: every PTE present,
+    writable and mapping a real page, and no early copy to consider (one reduction checks
+    each condition)."""
     pfn, pte = src.pfn, src.pte
     if pfn.size == 0 or (k.gen.fork_copies_pinned and parent.mm.has_pinned):
         return False
@@ -155,7 +157,7 @@ def _positions(pages: PageIndex | None, mask: npt.NDArray[np.bool_]) -> PageInde
     return np.flatnonzero(mask) if pages is None else pages[mask]
 
 
-def _early_copy(k: Kernel, src: VMA, dst: VMA, pages: PageIndex, cpu: int) -> None:
+def copy_present_page(k: Kernel, src: VMA, dst: VMA, pages: PageIndex, cpu: int) -> None:
     """copy_present_page(): the child gets its own copy now; the parent keeps its PTE."""
     frames = k.frames
     old = src.pfn[pages]

@@ -28,19 +28,23 @@ from cowsim.sim.kernel.generations import Generation, generation_for
 from cowsim.sim.kernel.gup import Holder
 from cowsim.sim.kernel.lru import LruAddBatches
 from cowsim.sim.kernel.mm import MM, VMA, Process, Prot
-from cowsim.sim.kernel.oracles import Violation
+from cowsim.sim.kernel.oracles import ReportedKeys, Violation
 from cowsim.sim.kernel.pages import (
     ZERO_PFN,
     FrameArray,
     FrameSet,
+    IntArray,
     PageFrames,
     PageIndex,
     PG_lru_batch,
 )
 from cowsim.sim.kernel.swap import SwapSpace
+from cowsim.sim.kernel.vmfault import FaultReport
 
 DEFAULT_MAX_FRAMES = 1 << 27
 """Default bound on physical frames: 128 Mi frames = 512 GiB of simulated memory."""
+DEFAULT_MAX_VIOLATIONS = 1000
+"""Violation objects a kernel keeps by default; the violations_<kind> counters count all."""
 MAX_REGION_PAGES = 1 << 30
 """No single region may exceed 2^30 pages (4 TiB): int32 frame numbers stay valid."""
 
@@ -74,6 +78,7 @@ class Kernel:
         *,
         max_frames: int = DEFAULT_MAX_FRAMES,
         on_tlb_flush: Callable[[TlbFlush], None] | None = None,
+        max_violations: int = DEFAULT_MAX_VIOLATIONS,
     ) -> None:
         self.gen = generation if isinstance(generation, Generation) else generation_for(generation)
         self.frames = PageFrames(max_frames)
@@ -84,8 +89,10 @@ class Kernel:
         self.refs: dict[str, Holder] = {}
         self.counters = Counters()
         self.violations: list[Violation] = []
-        self._reported: set[tuple[str, ...]] = set()
-        self._reported_frames: dict[int, list[tuple[str, ...]]] = {}
+        """The first ``max_violations`` violations; ``counters["violations_<kind>"]`` count
+        them all."""
+        self.max_violations = max_violations
+        self.reported = ReportedKeys()
         self.step = 0
         """The index of the operation being run, for violation reports."""
         self.on_tlb_flush = on_tlb_flush
@@ -123,25 +130,7 @@ class Kernel:
     @staticmethod
     def select(vma: VMA, pages: Sequence[int] | npt.ArrayLike | None) -> PageIndex:
         """Page indices of a region: all of it, or the given ones (checked, in order, unique)."""
-        if pages is None:
-            return np.arange(vma.npages, dtype=np.int64)
-        if isinstance(pages, range):
-            if pages.step != 1 or pages.start < 0 or pages.stop > vma.npages:
-                bad = pages.start if pages.start < 0 else pages.stop - 1
-                raise KernelOpError(
-                    "pages", f"page {bad} is outside region {vma.region!r} of {vma.npages} pages"
-                )
-            return np.arange(pages.start, pages.stop, dtype=np.int64)
-        index = np.asarray(pages, dtype=np.int64).reshape(-1)
-        if index.size > 1 and not (index[1:] > index[:-1]).all():
-            index = np.sort(index)
-            index = index[np.concatenate(([True], index[1:] != index[:-1]))]
-        if index.size and (index[0] < 0 or index[-1] >= vma.npages):
-            bad = int(index[0] if index[0] < 0 else index[-1])
-            raise KernelOpError(
-                "pages", f"page {bad} is outside region {vma.region!r} of {vma.npages} pages"
-            )
-        return index
+        return vma.select(pages)
 
     # ------------------------------------------------------------------
     # references
@@ -165,8 +154,8 @@ class Kernel:
         if mapping:
             batch.add(self.frames.mapcount, -1)
         dead = frames[batch.gather(self.frames.refcount) == 0]
-        if dead.size and self._reported_frames:
-            self._forget_reports(dead)
+        if dead.size and self.reported.tracks_frames:
+            self.reported.forget_frames(dead)
         if dead.size:
             self.frames.free(dead)
             self.counters.add("pages_freed", dead.size)
@@ -220,23 +209,20 @@ class Kernel:
     # ------------------------------------------------------------------
     # violations
     # ------------------------------------------------------------------
-    def report(self, kind: str, key: tuple[str, ...], *, frame: int | None = None,
-               **details: object) -> None:
-        """Record a violation once per (kind, key).  A key naming a physical ``frame`` is
-        forgotten when that frame is freed (its number may then be reused)."""
-        full_key = (kind, *key)
-        if full_key in self._reported:
-            return
-        self._reported.add(full_key)
-        if frame is not None:
-            self._reported_frames.setdefault(frame, []).append(full_key)
-        self.violations.append(Violation(kind=kind, step=self.step, **details))  # type: ignore[arg-type]
-
-    def _forget_reports(self, dead: FrameArray) -> None:
-        gone = np.intersect1d(dead, np.fromiter(self._reported_frames, dtype=np.int64))
-        for frame in gone.tolist():
-            for key in self._reported_frames.pop(frame):
-                self._reported.discard(key)
+    def report(self, kind: str, group: tuple[str, ...], keys: IntArray, *,
+               frame_keyed: bool = False) -> IntArray:
+        """Violations of ``kind`` at ``keys`` (frame or page numbers) of ``group``, each
+        reported once per (kind, group, key); a frame-keyed one is forgotten when the frame
+        is freed (its number may then be reused).  Counts every new one in
+        ``violations_<kind>`` and returns the positions in ``keys`` of those to keep as
+        :class:`Violation` objects (while fewer than ``max_violations`` are kept), which the
+        caller appends to :attr:`violations`."""
+        fresh = self.reported.first_time((kind, *group), keys, frame_keyed=frame_keyed)
+        if fresh.size == 0:
+            return fresh
+        self.counters.add(f"violations_{kind}", fresh.size)
+        room = max(0, self.max_violations - len(self.violations))
+        return fresh[:room]
 
     # ------------------------------------------------------------------
     # system calls
@@ -261,35 +247,41 @@ class Kernel:
 
     def munmap(self, proc_name: str, region: str, *, cpu: int = 0) -> None:
         owner, vma = self.vma(proc_name, region)
-        madvise.zap_pages(self, owner, vma, self.select(vma, None), cpu=cpu)
+        madvise.zap_pte_range(self, owner, vma, self.select(vma, None), cpu=cpu)
         madvise.release_vma(self, vma)
         del owner.mm.vmas[region]
 
     def write(self, proc_name: str, region: str, pages: npt.ArrayLike | None, value: int,
-              *, cpu: int = 0) -> None:
-        """The CPU stores ``value`` into each page (faulting as needed)."""
+              *, cpu: int = 0) -> FaultReport:
+        """The CPU stores ``value`` into each page, faulting as needed.  Returns the faults
+        taken, per selected page (ascending)."""
         owner, vma = self.vma(proc_name, region)
-        index = self.select(vma, pages)
+        index = vma.select(pages)
         if vma.prot is not Prot.READ_WRITE:
             raise KernelOpError(
                 "region", f"{proc_name!r} writes region {region!r} mapped PROT_{vma.prot.name}: SIGSEGV"
             )
-        fault.fault_in_writable(self, owner, vma, index, cpu=cpu)
+        report = fault.fault_in_writable(self, owner, vma, index, cpu=cpu, store=True)
         frames = vma.pfn[index]
         oracles.check_store(self, owner, frames, index, vma, writer_label=proc_name)
         self.frames.content[frames] = value
-        fault.mark_written(vma, index)
+        return report
 
     def read(self, proc_name: str, region: str, pages: npt.ArrayLike | None = None,
              *, cpu: int = 0) -> npt.NDArray[np.uint32]:
         """The CPU loads each page (faulting as needed); returns the values seen."""
+        return self.read_with_faults(proc_name, region, pages, cpu=cpu)[0]
+
+    def read_with_faults(self, proc_name: str, region: str, pages: npt.ArrayLike | None = None,
+                         *, cpu: int = 0) -> tuple[npt.NDArray[np.uint32], FaultReport]:
+        """:meth:`read`, also returning the faults taken per selected page."""
         owner, vma = self.vma(proc_name, region)
-        index = self.select(vma, pages)
+        index = vma.select(pages)
         if vma.prot is Prot.NONE:
             raise KernelOpError("region", f"{proc_name!r} reads region {region!r} mapped PROT_NONE: SIGSEGV")
-        fault.fault_in_readable(self, owner, vma, index, cpu=cpu)
-        result: npt.NDArray[np.uint32] = self.frames.content[vma.pfn[index]]
-        return result
+        report = fault.fault_in_readable(self, owner, vma, index, cpu=cpu)
+        values: npt.NDArray[np.uint32] = self.frames.content[vma.pfn[index]]
+        return values, report
 
     def fork(self, proc_name: str, child_name: str, *, cpu: int = 0) -> None:
         parent = self.process(proc_name)
@@ -300,7 +292,7 @@ class Kernel:
         owner = self.process(proc_name)
         any_present = False
         for vma in list(owner.mm.vmas.values()):
-            any_present |= madvise.zap_pages(self, owner, vma, self.select(vma, None), cpu=cpu,
+            any_present |= madvise.zap_pte_range(self, owner, vma, self.select(vma, None), cpu=cpu,
                                              flush=False)
             madvise.release_vma(self, vma)
         if any_present:
@@ -321,12 +313,12 @@ class Kernel:
         owner = self.process(proc_name)
         if kind != "soft_dirty":
             raise KernelOpError("type", f"clear_refs type {kind!r} is not modelled (only soft_dirty)")
-        proc.clear_refs_soft_dirty(self, owner, cpu=cpu)
+        proc.clear_refs_write(self, owner, cpu=cpu)
 
     def pagemap(self, proc_name: str, region: str,
                 pages: npt.ArrayLike | None = None) -> dict[str, npt.NDArray[np.bool_]]:
         owner, vma = self.vma(proc_name, region)
-        return proc.pagemap(self, owner, vma, self.select(vma, pages))
+        return proc.pagemap_read(self, owner, vma, self.select(vma, pages))
 
     def uffd_register(self, proc_name: str, region: str) -> None:
         _owner, vma = self.vma(proc_name, region)
@@ -337,55 +329,55 @@ class Kernel:
         owner, vma = self.vma(proc_name, region)
         protect.uffd_writeprotect(self, owner, vma, self.select(vma, pages), protect_, cpu=cpu)
 
-    # -- GUP users -------------------------------------------------------
+    # -- GUP users (each returns the faults GUP took, per selected page) --------
     def gup(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
-            *, write: bool = False, cpu: int = 0) -> None:
+            *, write: bool = False, cpu: int = 0) -> FaultReport:
         """get_user_pages() with FOLL_GET, references held under ``ref_id``."""
-        self._take(proc_name, region, pages, ref_id, label="gup", pin=False, write=write,
-                   longterm=False, cpu=cpu)
+        return self._take(proc_name, region, pages, ref_id, label="gup", pin=False, write=write,
+                          longterm=False, cpu=cpu)
 
     def pin(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
-            *, write: bool = True, longterm: bool = True, cpu: int = 0) -> None:
+            *, write: bool = True, longterm: bool = True, cpu: int = 0) -> FaultReport:
         """pin_user_pages() with FOLL_PIN, pins held under ``ref_id``."""
-        self._take(proc_name, region, pages, ref_id, label="pin", pin=True, write=write,
-                   longterm=longterm, cpu=cpu)
+        return self._take(proc_name, region, pages, ref_id, label="pin", pin=True, write=write,
+                          longterm=longterm, cpu=cpu)
 
     def odirect_read(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
-                     *, cpu: int = 0) -> None:
+                     *, cpu: int = 0) -> FaultReport:
         """Start an O_DIRECT read into the pages: GUP for write (FOLL_PIN from 6.4)."""
-        self._take(proc_name, region, pages, ref_id, label="odirect_read",
-                   pin=self.gen.odirect_uses_pin, write=True, longterm=False, cpu=cpu)
+        return self._take(proc_name, region, pages, ref_id, label="odirect_read",
+                          pin=self.gen.odirect_uses_pin, write=True, longterm=False, cpu=cpu)
 
     def odirect_write(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str,
-                      *, cpu: int = 0) -> None:
+                      *, cpu: int = 0) -> FaultReport:
         """Start an O_DIRECT write from the pages: read-only GUP (FOLL_PIN from 6.4)."""
-        self._take(proc_name, region, pages, ref_id, label="odirect_write",
-                   pin=self.gen.odirect_uses_pin, write=False, longterm=False, cpu=cpu)
+        return self._take(proc_name, region, pages, ref_id, label="odirect_write",
+                          pin=self.gen.odirect_uses_pin, write=False, longterm=False, cpu=cpu)
 
     def io_uring_register(self, proc_name: str, region: str, pages: npt.ArrayLike | None,
-                          ref_id: str, *, cpu: int = 0) -> None:
+                          ref_id: str, *, cpu: int = 0) -> FaultReport:
         """io_uring_register_buffers(): FOLL_PIN|FOLL_WRITE|FOLL_LONGTERM."""
-        self._take(proc_name, region, pages, ref_id, label="io_uring", pin=True, write=True,
-                   longterm=True, cpu=cpu)
+        return self._take(proc_name, region, pages, ref_id, label="io_uring", pin=True,
+                          write=True, longterm=True, cpu=cpu)
 
     def vmsplice(self, proc_name: str, region: str, pages: npt.ArrayLike | None, pipe: str,
-                 *, cpu: int = 0) -> None:
+                 *, cpu: int = 0) -> FaultReport:
         """vmsplice() the pages into a pipe: R/O FOLL_GET references the pipe holds."""
         owner, vma = self.vma(proc_name, region)
-        index = self.select(vma, pages)
-        gup.check_access(vma, write=False)
+        index = vma.select(pages)
+        gup.check_vma_flags(vma, write=False)
         holder = self.pipes.setdefault(pipe, Holder(name=pipe, is_pipe=True))
-        gup.get_user_pages(self, owner, vma, index, holder, label="vmsplice",
-                           pin=False, write=False, longterm=False, cpu=cpu)
+        return gup.get_user_pages(self, owner, vma, index, holder, label="vmsplice",
+                                  pin=False, write=False, longterm=False, cpu=cpu)
 
     def _take(self, proc_name: str, region: str, pages: npt.ArrayLike | None, ref_id: str, *,
-              label: str, pin: bool, write: bool, longterm: bool, cpu: int) -> None:
+              label: str, pin: bool, write: bool, longterm: bool, cpu: int) -> FaultReport:
         owner, vma = self.vma(proc_name, region)
-        index = self.select(vma, pages)
-        gup.check_access(vma, write)
+        index = vma.select(pages)
+        gup.check_vma_flags(vma, write)
         holder = self.refs.setdefault(ref_id, Holder(name=ref_id, is_pipe=False))
-        gup.get_user_pages(self, owner, vma, index, holder, label=label,
-                           pin=pin, write=write, longterm=longterm, cpu=cpu)
+        return gup.get_user_pages(self, owner, vma, index, holder, label=label,
+                                  pin=pin, write=write, longterm=longterm, cpu=cpu)
 
     def release(self, ref_id: str) -> None:
         """put_page()/unpin_user_page() for everything held under ``ref_id``."""
@@ -406,14 +398,16 @@ class Kernel:
             raise KernelOpError("pipe", f"no pipe {name!r}")
         return found
 
-    def dma_write(self, ref_id: str, value: int) -> None:
-        """The device writes ``value`` into every frame held under ``ref_id``."""
-        gup.dma_write(self, self.holder(ref_id), value)
+    def dma_write(self, ref_id: str, value: int, pages: npt.ArrayLike | None = None) -> None:
+        """The device writes ``value`` into every frame held under ``ref_id``, or into those
+        of ``pages`` only: page numbers of the region the id holds, all of them held
+        (else KernelOpError("pages"))."""
+        gup.dma_write(self, self.holder(ref_id), value, pages)
 
-    def dma_read(self, ref_id: str) -> npt.NDArray[np.uint32]:
-        """The device reads the frames held under ``ref_id``."""
-        result: npt.NDArray[np.uint32] = self.frames.content[self.holder(ref_id).all_frames()]
-        return result
+    def dma_read(self, ref_id: str, pages: npt.ArrayLike | None = None) -> npt.NDArray[np.uint32]:
+        """What the device reads from the frames held under ``ref_id`` (of ``pages`` only, as
+        for :meth:`dma_write`), chunk by chunk."""
+        return gup.dma_read(self, self.holder(ref_id), pages)
 
     # -- observation without side effects ----------------------------------
     def frames_at(self, proc_name: str, region: str,
@@ -458,4 +452,5 @@ class Kernel:
         return total
 
 
-__all__ = ["Kernel", "KernelOpError", "PageIndex", "TlbFlush", "swap"]
+__all__ = ["DEFAULT_MAX_VIOLATIONS", "FaultReport", "Kernel", "KernelOpError", "PageIndex", "TlbFlush",
+           "swap"]

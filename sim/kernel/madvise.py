@@ -37,6 +37,8 @@ ADVICE = (*FLAG_ADVICE, "dontneed", "pageout")
 
 def madvise(k: Kernel, owner: Process, vma: VMA, advice: str, pages: npt.ArrayLike | None,
             cpu: int) -> None:
+    """do_madvise() for one region: flag advice (madvise_update_vma), MADV_DONTNEED
+    (zap_page_range), MADV_PAGEOUT (madvise_pageout)."""
     if advice in FLAG_ADVICE:
         if pages is not None:
             raise KernelOpError("pages", f"madvise {advice} applies to the whole region here; "
@@ -48,14 +50,14 @@ def madvise(k: Kernel, owner: Process, vma: VMA, advice: str, pages: npt.ArrayLi
         return
     index = k.select(vma, pages)
     if advice == "dontneed":
-        zap_pages(k, owner, vma, index, cpu=cpu)
+        zap_pte_range(k, owner, vma, index, cpu=cpu)
     elif advice == "pageout":
-        swap.pageout(k, owner, vma, index, cpu=cpu)
+        swap.madvise_cold_or_pageout_pte_range(k, owner, vma, index, cpu=cpu)
     else:
         raise KernelOpError("advice", f"unknown advice {advice!r}; one of {', '.join(ADVICE)}")
 
 
-def zap_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int,
+def zap_pte_range(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int,
               flush: bool = True) -> bool:
     """zap_pte_range(): clear PTEs.  Returns whether any present PTE was cleared."""
     pfn = vma.pfn[pages]
@@ -72,12 +74,13 @@ def zap_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int,
     real = frames[frames > 0]
     k.frames.mapcount[real] -= 1
     k.put_page(real)
-    swap.free_swap_entries(k, slots)
+    swap.free_swap_and_cache(k, slots)
     return any_present
 
 
 def release_vma(k: Kernel, vma: VMA) -> None:
-    """The VMA is gone (munmap/exit): a shmem object with no users drops its pages."""
+    """The VMA is gone (munmap/exit, ``remove_vma``): a shmem object with no users drops its
+    pages (shmem_evict_inode)."""
     if vma.shmem is None:
         return
     vma.shmem.users -= 1

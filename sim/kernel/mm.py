@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PageIndex
 
 PteArray = npt.NDArray[np.uint16]
@@ -179,6 +180,31 @@ class VMA:
     @property
     def writable(self) -> bool:
         return self.prot is Prot.READ_WRITE
+
+    def select(self, pages: npt.ArrayLike | None) -> PageIndex:
+        """Page numbers of the region: all of it (None), or the given ones, checked to lie
+        inside it (else KernelOpError("pages")), ascending and unique."""
+        if pages is None:
+            return np.arange(self.npages, dtype=np.int64)
+        if isinstance(pages, range):
+            if pages.step != 1 or pages.start < 0 or pages.stop > self.npages:
+                bad = pages.start if pages.start < 0 else pages.stop - 1
+                raise KernelOpError(
+                    "pages", f"page {bad} is outside region {self.region!r} of {self.npages} pages"
+                )
+            return np.arange(pages.start, pages.stop, dtype=np.int64)
+        index = np.asarray(pages, dtype=np.int64)
+        if index.ndim != 1:
+            index = index.reshape(-1)
+        if index.size > 1 and np.count_nonzero(index[1:] <= index[:-1]):
+            index = np.sort(index)
+            index = index[np.concatenate(([True], index[1:] != index[:-1]))]
+        if index.size and (index[0] < 0 or index[-1] >= self.npages):
+            bad = int(index[0] if index[0] < 0 else index[-1])
+            raise KernelOpError(
+                "pages", f"page {bad} is outside region {self.region!r} of {self.npages} pages"
+            )
+        return index
 
     # -- page-table queries (pages=None: the whole VMA, no index array) ----------
     def _at(self, pages: PageIndex | None) -> tuple[FrameArray, PteArray]:

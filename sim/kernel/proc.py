@@ -34,35 +34,45 @@ if TYPE_CHECKING:
     from cowsim.sim.kernel.mm import Process
 
 
-def clear_refs_soft_dirty(k: Kernel, owner: Process, cpu: int) -> None:
-    """echo 4 > /proc/PID/clear_refs."""
+def clear_refs_write(k: Kernel, owner: Process, cpu: int) -> None:
+    """clear_refs_write() with CLEAR_REFS_SOFT_DIRTY (``echo 4 > /proc/PID/clear_refs``):
+    every VMA loses VM_SOFTDIRTY and its PTEs go through :func:`clear_soft_dirty`
+    (clear_refs_pte_range); then the era's TLB flush."""
     for vma in owner.mm.vmas.values():
         vma.vm_flags &= ~VM_SOFTDIRTY
-        populated = np.flatnonzero(vma.pfn >= 0)
-        if populated.size == 0:
-            continue
-        present = populated[vma.present(populated)]
-        swapped = populated[vma.swapped(populated)]
-        vma.pte[swapped] &= Pte.SOFT_DIRTY.inverted
-        pte = vma.pte[present]
-        protect = np.ones(present.size, dtype=bool)
-        if k.gen.clear_refs_skips_pinned and vma.is_cow_mapping and owner.mm.has_pinned:
-            frames = vma.pfn[present]
-            real = frames != ZERO_PFN
-            pinned = real & k.frames.maybe_dma_pinned(np.where(real, frames, 0))
-            protect &= ~(((pte & Pte.RW.u16) != 0) & pinned)
-        chosen = present[protect]
-        old = vma.pte[chosen]
-        was_writable = (old & Pte.RW.u16) != 0
-        cleared = old & (Pte.RW | Pte.SOFT_DIRTY).inverted
-        vma.pte[chosen] = np.where(was_writable, with_cause(cleared, WpCause.CLEAR_REFS), cleared)
+        clear_soft_dirty(k, owner, vma)
     if k.gen.clear_refs_flush is not ClearRefsFlush.NONE:
         k.flush_tlb(owner.mm, "mm", cpu=cpu)
 
 
-def pagemap(k: Kernel, owner: Process, vma: VMA,
-            pages: PageIndex) -> dict[str, npt.NDArray[np.bool_]]:
-    """The pagemap bits of each page: present, swapped, soft_dirty, exclusive."""
+def clear_soft_dirty(k: Kernel, owner: Process, vma: VMA) -> None:
+    """clear_soft_dirty() on every populated PTE of the VMA (clear_soft_dirty_pmd aside):
+    swap entries lose soft-dirty; present PTEs are write-protected and lose soft-dirty,
+    except (5.11+) writable PTEs of maybe-pinned pages in an mm that has pinned."""
+    populated = np.flatnonzero(vma.populated())
+    if populated.size == 0:
+        return
+    present = populated[vma.present(populated)]
+    swapped = populated[vma.swapped(populated)]
+    vma.pte[swapped] &= Pte.SOFT_DIRTY.inverted
+    pte = vma.pte[present]
+    protect = np.ones(present.size, dtype=bool)
+    if k.gen.clear_refs_skips_pinned and vma.is_cow_mapping and owner.mm.has_pinned:
+        frames = vma.pfn[present]
+        real = frames != ZERO_PFN
+        pinned = real & k.frames.maybe_dma_pinned(np.where(real, frames, 0))
+        protect &= ~(((pte & Pte.RW.u16) != 0) & pinned)
+    chosen = present[protect]
+    old = vma.pte[chosen]
+    was_writable = (old & Pte.RW.u16) != 0
+    cleared = old & (Pte.RW | Pte.SOFT_DIRTY).inverted
+    vma.pte[chosen] = np.where(was_writable, with_cause(cleared, WpCause.CLEAR_REFS), cleared)
+
+
+def pagemap_read(k: Kernel, owner: Process, vma: VMA,
+                 pages: PageIndex) -> dict[str, npt.NDArray[np.bool_]]:
+    """pagemap_read() (pagemap_pte_range): per page present, swapped, soft_dirty (PTE bit
+    or VM_SOFTDIRTY) and exclusive (PM_MMAP_EXCLUSIVE: mapcount == 1)."""
     present = vma.present(pages)
     swapped = vma.swapped(pages)
     soft = ((vma.pte[pages] & Pte.SOFT_DIRTY.u16) != 0) | bool(vma.vm_flags & VM_SOFTDIRTY)

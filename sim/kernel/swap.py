@@ -1,7 +1,8 @@
 """Swap: MADV_PAGEOUT, the swap cache and swap-in (``do_swap_page``).
 
-Paging out an anonymous page (``shrink_page_list`` via MADV_PAGEOUT) adds it
-to the *swap cache* (+1 reference, a swap slot), replaces its PTE by a swap
+Paging out an anonymous page (MADV_PAGEOUT: ``madvise_cold_or_pageout_pte_range``
+picks the pages, ``shrink_folio_list`` — ``shrink_page_list`` before 5.18 — reclaims
+them) adds it to the *swap cache* (+1 reference, a swap slot), replaces its PTE by a swap
 entry (swap count +1) and, once nothing else holds it, writes it to the slot
 and frees the frame.  A page that other references keep alive (a pipe, a GUP
 reference, a pin) stays in memory in the swap cache; swap-in then maps that
@@ -41,6 +42,7 @@ from cowsim.sim.kernel.mm import (
     with_cause,
 )
 from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray, PageIndex, PG_anon, PG_anon_exclusive, PG_swapcache
+from cowsim.sim.kernel.vmfault import VmFault
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel
@@ -120,7 +122,7 @@ def try_to_free_swap(k: Kernel, frames: FrameArray) -> npt.NDArray[np.bool_]:
     return freeable
 
 
-def free_swap_entries(k: Kernel, slots: FrameArray) -> None:
+def free_swap_and_cache(k: Kernel, slots: FrameArray) -> None:
     """free_swap_and_cache(): a swap PTE went away; free cache-only pages nobody holds."""
     if slots.size == 0:
         return
@@ -134,8 +136,10 @@ def free_swap_entries(k: Kernel, slots: FrameArray) -> None:
     k.swap.release(idle)
 
 
-def pageout(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> None:
-    """MADV_PAGEOUT on private anonymous pages: reclaim them to swap."""
+def madvise_cold_or_pageout_pte_range(k: Kernel, owner: Process, vma: VMA, pages: PageIndex,
+                                       cpu: int) -> None:
+    """MADV_PAGEOUT (``madvise_pageout``): pick the private anonymous pages mapped once,
+    then reclaim them (:func:`shrink_folio_list`)."""
     k.lru_add_drain(cpu)
     if vma.shared:
         return  # shmem swap is not modelled; shared pages stay resident
@@ -146,9 +150,14 @@ def pageout(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> 
     pinned = k.frames.maybe_dma_pinned(safe)
     if k.gen.swapcache_refuses_pinned or k.gen.anon_exclusive:
         candidate &= ~pinned
-    pages, frames = pages[candidate], frames[candidate]
-    if pages.size == 0:
-        return
+    if candidate.any():
+        shrink_folio_list(k, owner, vma, pages[candidate], frames[candidate], cpu)
+
+
+def shrink_folio_list(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, frames: FrameArray,
+                      cpu: int) -> None:
+    """shrink_folio_list() (shrink_page_list before 5.18) on the chosen pages: add_to_swap,
+    try_to_unmap, pageout, and free what nothing else holds."""
     slots_of = k.frames.ensure_swap_slots()
     # add_to_swap(): frames not yet in the swap cache get a slot and a cache reference.
     fresh = frames[~k.frames.test(frames, PG_swapcache)]
@@ -177,9 +186,10 @@ def pageout(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> 
     delete_from_swap_cache(k, unheld)
 
 
-def do_swap_page(k: Kernel, vma: VMA, pages: PageIndex, write: bool) -> PageIndex:
-    """Fault swap entries back in.  Returns the pages left mapped read-only that a
-    write must still take through do_wp_page."""
+def do_swap_page(vmf: VmFault, pages: PageIndex) -> npt.NDArray[np.bool_]:
+    """do_swap_page(): fault swap entries back in (for a write if ``vmf.write``).  Returns,
+    per page, whether a write left it mapped read-only and must still take do_wp_page."""
+    k, vma, write = vmf.k, vmf.vma, vmf.write
     k.counters.fault("swap", pages.size)
     slots = vma.pfn[pages]
     old = vma.pte[pages]
@@ -226,4 +236,5 @@ def do_swap_page(k: Kernel, vma: VMA, pages: PageIndex, write: bool) -> PageInde
     vma.pte[pages] = np.where(writable, keep | PTE_WRITTEN, read_only)
     vma.pfn[pages] = frames
     k.swap.release(slots)
-    return pages[~writable] if write else pages[:0]
+    still_read_only: npt.NDArray[np.bool_] = ~writable if write else writable
+    return still_read_only
