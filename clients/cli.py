@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Sequence
 from importlib import metadata
 
@@ -179,8 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_FAILED  # stdout went away (| head): nothing left to say it to
+    except BrokenPipeError:  # stdout went away (| head): nothing left to say it to
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not complain
+        return EXIT_FAILED
     except MemoryError:
         say("internal error: out of memory")
         return EXIT_FAILED

@@ -121,6 +121,11 @@ def within(low: float, high: float, show: Callable[[float], str], why: str = "",
     return AfterValidator(check)
 
 
+def _seed_text(value: float) -> str:
+    text = str(value) if isinstance(value, int) else f"{value:.0f}"
+    return "2**63-1" if value == MAX_SEED else text if len(text) <= 24 else text[:20] + "…"
+
+
 def _name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
         raise ValueError("a process name is 1 to 64 letters, digits, '_' or '-' ('.' is for the "
@@ -276,7 +281,7 @@ class WorkloadSpec(_Model):
     description: Annotated[str, Field(max_length=10_000)] | None = None
     kernel: Annotated[str, Field(max_length=64)] = "6.8"
     duration: Duration
-    seed: Annotated[int, within(0, MAX_SEED, lambda v: f"{v:.0f}" if v < 1e6 else "2**63-1")] = 1
+    seed: Annotated[int, within(0, MAX_SEED, _seed_text)] = 1
     tick: Annotated[Seconds, within(MIN_TICK_SECONDS, MAX_DURATION_SECONDS, format_seconds)] = Field(
         default=1e-3, description="batching step of request and I/O streams")
     metrics_interval: Interval = 1.0

@@ -340,3 +340,25 @@ def test_whole_multiples_are_exact(n: int, unit: str) -> None:
     factor = {"KiB": KiB, "MiB": MiB, "GiB": GiB, "kB": 10**3, "MB": 10**6}[unit]
     assert parse_bytes(f"{n}{unit}") == n * factor
     assert parse_count(f"{n}k") == n * 1000
+
+
+# -- hostile text: never inf, never a huge integer built -------------------------------------
+
+
+@pytest.mark.parametrize(("parse", "text"), [
+    (parse_seconds, "1e400s"), (parse_seconds, "1e400"), (parse_seconds, "1e306h"),
+    (parse_rate, "1e400/s"), (parse_rate, "1.7e308/ms"),
+])
+def test_results_too_large_for_a_float_are_refused(parse: Any, text: str) -> None:
+    with pytest.raises(ValueError, match="too large"):
+        parse(text)
+
+
+def test_quantity_text_is_bounded() -> None:
+    with pytest.raises(ValueError, match="exponent"):
+        parse_bytes("1e5000KiB")
+    with pytest.raises(ValueError, match="longer than"):
+        parse_seconds("0" * 100 + "1s")
+    with pytest.raises(ValueError, match="longer than") as caught:
+        parse_rate("x" * 10_000)
+    assert len(str(caught.value)) < 200  # the value is shown cut short
