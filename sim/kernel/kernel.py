@@ -196,7 +196,8 @@ class Kernel:
     # TLB flushes
     # ------------------------------------------------------------------
     def flush_tlb(self, mm: MM, kind: str, *, count: int = 1, pages: int = 1, cpu: int = 0) -> None:
-        """Record TLB flushes (``flush_tlb_page``/``_range``/``_mm``) and the IPIs they need."""
+        """Record TLB flushes (``flush_tlb_page``, ``flush_tlb_range``, ``flush_tlb_mm``) and the
+        IPIs they need."""
         if count <= 0:
             return
         remote = len(mm.cpus - {cpu})
