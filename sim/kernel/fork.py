@@ -102,6 +102,7 @@ def copy_pte_range(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIn
         return any_swapped
     real = present & (pfn != ZERO_PFN)
     early = np.zeros(pfn.shape[0], dtype=bool)
+    # page_needs_cow_for_dma() (folio_needs_cow_for_dma): copy now rather than share.
     if k.gen.fork_copies_pinned and parent.mm.has_pinned and real.any():
         candidates = pfn[real]
         pinned = k.frames.maybe_dma_pinned(candidates) & k.frames.test(candidates, PG_anon)

@@ -71,7 +71,8 @@ def can_change_pte_writable(k: Kernel, vma: VMA, pages: PageIndex) -> npt.NDArra
 
 
 def mprotect(k: Kernel, owner: Process, vma: VMA, prot: Prot, cpu: int) -> None:
-    """mprotect() on the whole region."""
+    """mprotect() on the whole region: mprotect_fixup() → change_protection() over its
+    present PTEs (change_pte_range)."""
     vma.prot = prot
     pages = np.flatnonzero(vma.present())
     if pages.size == 0:
@@ -103,7 +104,7 @@ def _flush_after_change(k: Kernel, owner: Process, touched: PageIndex, removed: 
 
 
 def uffd_register(vma: VMA) -> None:
-    """UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_WP."""
+    """UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_WP (userfaultfd_register)."""
     if vma.shared:
         raise KernelOpError("region", "uffd-wp on a MAP_SHARED anonymous region is not modelled")
     vma.vm_flags |= VM_UFFD_WP
@@ -111,7 +112,8 @@ def uffd_register(vma: VMA) -> None:
 
 def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, protect: bool,
                       cpu: int, per_page: bool = False) -> None:
-    """UFFDIO_WRITEPROTECT: set or clear uffd-wp on present PTEs and swap entries.
+    """UFFDIO_WRITEPROTECT (mwriteprotect_range → change_protection with MM_CP_UFFD_WP or
+    MM_CP_UFFD_WP_RESOLVE): set or clear uffd-wp on present PTEs and swap entries.
 
     Empty PTEs are left alone (no PTE markers are modelled).  ``per_page``: one
     ioctl per page (a monitor resolving each write fault on its own), so one
