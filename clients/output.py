@@ -65,6 +65,9 @@ class OutputDir:
     @classmethod
     def prepare(cls, target: Path, option: str = "--out") -> OutputDir:
         """Check ``target`` and create the temporary directory beside it."""
+        if target.name in ("", ".", "..") or target.absolute() == Path.cwd():
+            raise InvalidInput(f"{str(target)!r} names no directory that could be created or "
+                               "replaced; give a path such as out/run1", source=option)
         if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise InvalidInput(f"{target} exists and is not a directory", source=option)
         parent = target.absolute().parent
