@@ -90,6 +90,7 @@ class Holder:
     chunks: list[HeldChunk] = field(default_factory=list)
 
     def all_frames(self) -> FrameArray:
+        """Every held frame, chunk by chunk (a single chunk's own array: do not modify)."""
         if not self.chunks:
             return np.zeros(0, dtype=np.int32)
         if len(self.chunks) == 1:
