@@ -74,12 +74,6 @@ class Pte(enum.IntFlag):
         return np.uint16(~self.value & 0xFFFF)
 
 
-# Deprecated aliases: sim/workloads/forking_server.py still imports these; use Pte.
-# To be removed with that import.
-_PAGE_RW = Pte.RW.u16
-_PAGE_SWAP = Pte.SWAP.u16
-_PAGE_UFFD_WP = Pte.UFFD_WP.u16
-
 _SWAP = Pte.SWAP.u16
 _RW = Pte.RW.u16
 

@@ -101,35 +101,50 @@ class _Server:
         per = spec.pages_per_request
         pages = sample_pages(rng, spec.keys, state.pages, count * per).reshape(count, per)
         writes = rng.random(count) < spec.write_fraction
-        threads = (self.next_thread + np.arange(count)) % len(state.cpus)
-        self.next_thread = (self.next_thread + count) % len(state.cpus)
+        nthreads = len(state.cpus)
+        threads = (self.next_thread + np.arange(count)) % nthreads if nthreads > 1 else None
+        self.next_thread = (self.next_thread + count) % nthreads
         cost_ns = np.full(count, spec.service / NS)
         cost_ns += self._write_faults_ns(pages, writes)
         # TLB misses: per thread, the tick's page accesses against that CPU's TLB.
         mm = sim.kernel.procs[self.proc].mm
-        for thread, cpu in enumerate(state.cpus):
-            mine = threads == thread
-            accesses = int(mine.sum()) * per
-            if accesses:
-                misses = sim.machine.tlb_access(cpu, mm, accesses)
-                cost_ns[mine] += misses * sim.costs.tlb_miss_walk_ns / mine.sum()
+        walk_ns = sim.costs.tlb_miss_walk_ns
+        if threads is None:
+            cost_ns += sim.machine.tlb_access(state.cpus[0], mm, count * per) * walk_ns / count
+        else:
+            for thread, cpu in enumerate(state.cpus):
+                mine = threads == thread
+                accesses = int(mine.sum()) * per
+                if accesses:
+                    misses = sim.machine.tlb_access(cpu, mm, accesses)
+                    cost_ns[mine] += misses * walk_ns / mine.sum()
         service = cost_ns * NS
-        latency = np.empty(count)
-        request_cpus = np.asarray(state.cpus)[threads]
-        for queue, cpu in enumerate(self.queue_cpus):
-            mine = np.flatnonzero(request_cpus == cpu)
-            if mine.size == 0:
-                continue
-            free_at = max(self.free_at[queue], state.mmap_locked_until
-                          if state.mmap_locked_until > start else 0.0)
-            owed = sim.machine.take_owed(cpu) * NS
-            if free_at > start:
-                free_at += owed  # IPI handlers steal time from a busy CPU
-            finish = lindley_finish(arrivals[mine], service[mine], free_at)
-            latency[mine] = finish - arrivals[mine]
-            self.free_at[queue] = finish[-1]
+        if len(self.queue_cpus) == 1:
+            latency = self._queue(0, start, arrivals, service) - arrivals
+        else:
+            assert threads is not None
+            latency = np.empty(count)
+            request_cpus = np.asarray(state.cpus)[threads]
+            for queue, cpu in enumerate(self.queue_cpus):
+                mine = np.flatnonzero(request_cpus == cpu)
+                if mine.size:
+                    latency[mine] = self._queue(queue, start, arrivals[mine], service[mine]) - arrivals[mine]
         sim.recorder.observe("request_latency_seconds", latency, process=self.proc)
         sim.recorder.count("requests", count, process=self.proc)
+
+    def _queue(self, queue: int, start: float, arrivals: npt.NDArray[np.float64],
+               service: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Finish times of one CPU's requests this tick (FIFO after the CPU's earlier work, a
+        stall behind the mmap lock, and the IPI handler time the CPU owes)."""
+        state, cpu = self.state, self.queue_cpus[queue]
+        free_at = max(self.free_at[queue], state.mmap_locked_until
+                      if state.mmap_locked_until > start else 0.0)
+        owed = self.sim.machine.take_owed(cpu) * NS
+        if free_at > start:
+            free_at += owed  # IPI handlers steal time from a busy CPU
+        finish = lindley_finish(arrivals, service, free_at)
+        self.free_at[queue] = finish[-1]
+        return finish
 
     def _write_faults_ns(self, pages: npt.NDArray[np.int64],
                          writes: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
