@@ -84,6 +84,7 @@ _CAUSE_NAMES = {
     WpCause.SWAPIN: "swapin",
     WpCause.UNSHARE: "unshare",
 }
+_CAUSE_COUNTERS = tuple((int(cause), f"cow_copies_{name}") for cause, name in _CAUSE_NAMES.items())
 
 
 _RW = Pte.RW.u16
@@ -347,9 +348,9 @@ def wp_page_copy(vmf: VmFault, pages: PageIndex) -> FrameArray:
         k.counters.add("cow_copies_unshare", pages.size)
     else:
         k.counters.add("cow_copies_zero_page", int(zero.sum()))
-        causes = cause_of(old_pte[~zero])
-        for cause, name in _CAUSE_NAMES.items():
-            k.counters.add(f"cow_copies_{name}", int((causes == cause).sum()))
+        by_cause = np.bincount(cause_of(old_pte[~zero]), minlength=8).tolist()
+        for cause, name in _CAUSE_COUNTERS:
+            k.counters.add(name, by_cause[cause])
     flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
     new = k.alloc_pages(int(pages.size), np.uint8(flags), k.frames.content[old_frames])
     k.frames.mapcount[new] = 1

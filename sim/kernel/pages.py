@@ -270,11 +270,19 @@ class PageFrames:
             parts.append(np.arange(self.nr_used, self.nr_used + fresh, dtype=np.int32))
             self.nr_used += fresh
         frames = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        batch = FrameSet(frames)
-        batch.assign(self.refcount, 0)
-        batch.assign(self.mapcount, 0)
-        batch.assign(self.flags, flags)
-        batch.assign(self.content, content)
+        if not from_free:
+            # Only never-used frames: one slice, however many.
+            start, stop = self.nr_used - fresh, self.nr_used
+            self.refcount[start:stop] = 0
+            self.mapcount[start:stop] = 0
+            self.flags[start:stop] = flags
+            self.content[start:stop] = content
+        else:
+            batch = FrameSet(frames)
+            batch.assign(self.refcount, 0)
+            batch.assign(self.mapcount, 0)
+            batch.assign(self.flags, flags)
+            batch.assign(self.content, content)
         self.allocated_total += count
         return frames
 
