@@ -63,7 +63,7 @@ def format_path(path: Sequence[PathPart]) -> str:
     return text
 
 
-class InvalidInput(ValueError):
+class InvalidInput(ValueError):  # noqa: N818 - it is a value, not an error code (like InvalidURL)
     """Input that cowsim refuses: where it came from, the field path, and what is wrong."""
 
     def __init__(self, message: str, *, path: Sequence[PathPart] = (), source: str | None = None,

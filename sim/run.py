@@ -51,7 +51,7 @@ from cowsim.sim.sampler import sampler
 from cowsim.sim.spec import WorkloadSpec
 from cowsim.sim.workloads import starter
 
-__all__ = ["SLICE_SECONDS", "ProgressEvent", "build", "drive", "result", "run", "simulate"]
+__all__ = ["PAGE_SIZE", "SLICE_SECONDS", "ProgressEvent", "build", "drive", "result", "run", "simulate"]
 
 SLICE_SECONDS = 0.1
 """The longest slice of simulated time between progress events and cancellation checks."""

@@ -66,8 +66,8 @@ def sampler(sim: Simulation) -> Generator[Any, Any, None]:
                 owner = sim.kernel.procs.get(name)
                 vma = owner.mm.vmas.get(state.region) if owner is not None and owner.alive else None
                 if vma is not None:
-                    shared, exclusive = shared_and_exclusive(sim, vma)
-                    samples[name] = (float(shared), float(exclusive))
+                    shared_pages, exclusive_pages = shared_and_exclusive(sim, vma)
+                    samples[name] = (float(shared_pages), float(exclusive_pages))
         for name, (shared, exclusive) in samples.items():
             sim.recorder.sample("shared_pages", now, shared, process=name)
             sim.recorder.sample("exclusive_pages", now, exclusive, process=name)
