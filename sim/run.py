@@ -39,6 +39,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cowsim.sim.budget import Budget
 from cowsim.sim.engine import PAGE_SIZE, CountingEnvironment, ProcState, Simulation
 from cowsim.sim.errors import InvalidInput
 from cowsim.sim.kernel import Kernel, generation_for
@@ -47,6 +48,7 @@ from cowsim.sim.machine.costs import cost_model
 from cowsim.sim.machine.machine import Machine
 from cowsim.sim.machine.pricing import Pricing
 from cowsim.sim.metrics import Recorder
+from cowsim.sim.plan import plan_run
 from cowsim.sim.sampler import sampler
 from cowsim.sim.spec import WorkloadSpec
 from cowsim.sim.workloads import starter
@@ -175,9 +177,13 @@ def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel |
 
 
 def run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
-        progress: Progress | None = None, cancel: Cancel | None = None) -> dict[str, Any]:
-    """Run a spec and return the result (the keys of docs/design.md "run results")."""
-    sim, wall_seconds = simulate(spec, kernel=kernel, seed=seed, progress=progress, cancel=cancel)
+        progress: Progress | None = None, cancel: Cancel | None = None,
+        budget: Budget | None = None) -> dict[str, Any]:
+    """Check a spec (:func:`~cowsim.sim.plan.plan_run`: kernel, seed, machine, budget), run
+    it and return the result (the keys of docs/design.md "run results")."""
+    plan = plan_run(spec, kernel=kernel, seed=seed, budget=budget)
+    sim, wall_seconds = simulate(plan.spec, kernel=plan.kernel, seed=plan.seed, progress=progress,
+                                 cancel=cancel, max_frames=plan.max_frames)
     return result(sim, wall_seconds=wall_seconds)
 
 

@@ -50,6 +50,12 @@ class Pricing:
         self.anon_fault_ns = costs.anon_write_fault_ns()
         self.cow_fault_ns = costs.cow_fault_ns()
         self.early_copy_ns = costs.copy_ns(PAGE_SIZE)
+        every_byte = range(256)
+        self._flag_ns = np.array([self._price_flags(flags) for flags in every_byte])
+        """The price of each possible FaultFlags byte: a report is priced with one gather."""
+        self._flag_flushes = np.array(
+            [bool(flags & (FaultFlags.COW_COPY | FaultFlags.UFFD_WP)) for flags in every_byte])
+        """Whether each FaultFlags byte flushed a TLB entry (a copy, a resolved userfault)."""
 
     def faults_ns(self, delta: Mapping[str, int]) -> float:
         """The faults, copies and GUP references a kernel call made, from its counter deltas
@@ -74,23 +80,29 @@ class Pricing:
         time its faults took; the call's shootdown bill is shared equally by the pages whose
         faults flushed a TLB entry (copies and resolved userfaults).  Summed, the same as
         :meth:`faults_ns` of the call's counter deltas plus the bill."""
-        costs = self.costs
-
-        def has(flag: FaultFlags) -> npt.NDArray[np.bool_]:
-            out: npt.NDArray[np.bool_] = (flags & flag.u8) != 0
-            return out
-
-        copied = has(FaultFlags.COW_COPY)
-        ns = np.zeros(flags.size)
-        ns += has(FaultFlags.ANONYMOUS | FaultFlags.SHMEM) * self.anon_fault_ns
-        ns += copied * self.cow_fault_ns
-        ns += (has(FaultFlags.WP_REUSE) | (has(FaultFlags.UNSHARE) & ~copied)) * costs.wp_reuse_fault_ns
-        ns += has(FaultFlags.SWAP) * costs.swap_in_fault_ns
-        ns += has(FaultFlags.UFFD_WP) * costs.uffd_wp_fault_ns
+        ns = self._flag_ns[flags]
         if shootdown_ns:
-            flushed = copied | has(FaultFlags.UFFD_WP)
-            if flushed.any():
-                ns[flushed] += shootdown_ns / int(np.count_nonzero(flushed))
+            flushed = self._flag_flushes[flags]
+            count = int(np.count_nonzero(flushed))
+            if count:
+                ns[flushed] += shootdown_ns / count
+        return ns
+
+    def _price_flags(self, flags: int) -> float:
+        """The time of the faults one page's :class:`FaultFlags` byte says it took."""
+        costs, bits = self.costs, FaultFlags(flags)
+        copied = FaultFlags.COW_COPY in bits
+        ns = 0.0
+        if bits & (FaultFlags.ANONYMOUS | FaultFlags.SHMEM):
+            ns += self.anon_fault_ns
+        if copied:
+            ns += self.cow_fault_ns
+        if FaultFlags.WP_REUSE in bits or (FaultFlags.UNSHARE in bits and not copied):
+            ns += costs.wp_reuse_fault_ns
+        if FaultFlags.SWAP in bits:
+            ns += costs.swap_in_fault_ns
+        if FaultFlags.UFFD_WP in bits:
+            ns += costs.uffd_wp_fault_ns
         return ns
 
     def call_ns(self, delta: Mapping[str, int], shootdown_ns: float) -> float:
