@@ -108,8 +108,8 @@ class Simulation:
         result = operation(*args, **kwargs)
         delta = {name: value - old for (name, value), old in zip(counters.items(), before, strict=True)
                  if value != old}
-        for name, amount in delta.items():
-            self.recorder.count(name, amount, process=proc)
+        if delta:
+            self.recorder.count_many(delta, process=proc)
         return result, delta
 
     def fork(self, parent: str, child: str, cpu: int) -> float:

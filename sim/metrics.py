@@ -175,8 +175,8 @@ def _bucket_counts(values: FloatArray) -> npt.NDArray[np.int64]:
     return np.bincount(idx, minlength=_NUM_BUCKETS).astype(np.int64, copy=False)
 
 
-_PENDING_VALUES = 1 << 16
-"""Values a bucketed histogram queues before counting them into its buckets."""
+_QUEUED_VALUES = 1 << 16
+"""Observations a histogram queues before absorbing them."""
 
 
 def _default_bounds() -> tuple[float, ...]:
@@ -231,29 +231,41 @@ def _det(x: float) -> float:
 
 
 class _Histogram:
-    """Exact samples in a doubling buffer until ``max_exact``, then log-bucket counts."""
+    """Exact samples in a doubling buffer until ``max_exact``, then log-bucket counts.
 
-    __slots__ = ("_buf", "_cache", "_counts", "_n", "_npending", "_pending", "count", "max", "max_exact",
-                 "min", "sum")
+    Observations are queued and absorbed in batches (at most :data:`_QUEUED_VALUES`
+    values wait, and every read absorbs first): a workload observes a few values a
+    tick, and one concatenation per batch is cheaper than a copy and a bucket pass per
+    call.  ``count``, ``min`` and ``max`` are kept at once; the result does not depend
+    on the batching except through the float rounding of ``sum``, which is the same for
+    the same sequence of calls.
+    """
+
+    __slots__ = ("_buf", "_cache", "_counts", "_n", "_queue", "_queued", "_sum", "count", "max",
+                 "max_exact", "min")
 
     def __init__(self, max_exact: int) -> None:
         self.max_exact = max_exact
         self.count = 0
-        self.sum = 0.0
+        self._sum = 0.0
         self.min = math.inf
         self.max = -math.inf
         self._buf: FloatArray = np.empty(0, dtype=np.float64)
         self._n = 0  # valid prefix of _buf
         self._counts: npt.NDArray[np.int64] | None = None
-        self._pending: FloatArray = np.empty(0, dtype=np.float64)
-        """Bucket mode: values not yet counted into buckets (counted in batches, which
-        gives the same counts: they depend only on the multiset of values)."""
-        self._npending = 0
+        self._queue: list[FloatArray] = []
+        self._queued = 0
         self._cache: dict[str, float] | None = None
 
     @property
     def exact(self) -> bool:
+        self._absorb()
         return self._counts is None
+
+    @property
+    def sum(self) -> float:
+        self._absorb()
+        return self._sum
 
     def _reserve(self, extra: int) -> None:
         need = self._n + extra
@@ -267,48 +279,31 @@ class _Histogram:
         self._counts = _bucket_counts(self._buf[: self._n])
         self._buf = np.empty(0, dtype=np.float64)
         self._n = 0
-        self._pending = np.empty(_PENDING_VALUES, dtype=np.float64)
-
-    def _pend(self, values: FloatArray) -> None:
-        """Bucket mode: queue values, counting them into the buckets when the queue fills."""
-        k = values.size
-        if self._npending + k > self._pending.size:
-            self._flush()
-        if k > self._pending.size:
-            assert self._counts is not None
-            self._counts += _bucket_counts(values)
-            return
-        self._pending[self._npending : self._npending + k] = values
-        self._npending += k
-
-    def _flush(self) -> None:
-        if self._npending:
-            assert self._counts is not None
-            self._counts += _bucket_counts(self._pending[: self._npending])
-            self._npending = 0
 
     def add_scalar(self, v: float) -> None:
-        self._cache = None
-        self.count += 1
-        self.sum += v
-        self.min = min(self.min, v)
-        self.max = max(self.max, v)
-        if self._counts is None and self._n + 1 > self.max_exact:
-            self._switch_to_buckets()
-        if self._counts is None:
-            self._reserve(1)
-            self._buf[self._n] = v
-            self._n += 1
-        else:
-            self._pend(np.array([v]))
+        self.add_array(np.array([v]), v, v)
 
-    def add_array(self, values: FloatArray, lo: float, hi: float, total: float) -> None:
-        k = values.size
+    def add_array(self, values: FloatArray, lo: float, hi: float) -> None:
+        """Queue ``values`` (a private copy: the caller's array is not kept), whose minimum
+        and maximum are ``lo`` and ``hi``."""
         self._cache = None
-        self.count += k
-        self.sum += total
+        self.count += values.size
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
+        self._queue.append(values)
+        self._queued += values.size
+        if self._queued >= _QUEUED_VALUES:
+            self._absorb()
+
+    def _absorb(self) -> None:
+        """Take the queued values into the exact buffer or the buckets."""
+        if not self._queue:
+            return
+        values = self._queue[0] if len(self._queue) == 1 else np.concatenate(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        k = values.size
+        self._sum += float(values.sum())
         if self._counts is None and self._n + k > self.max_exact:
             self._switch_to_buckets()
         if self._counts is None:
@@ -316,7 +311,7 @@ class _Histogram:
             self._buf[self._n : self._n + k] = values
             self._n += k
         else:
-            self._pend(values)
+            self._counts += _bucket_counts(values)
 
     # -- reading --
 
@@ -325,7 +320,7 @@ class _Histogram:
         if n == 0:
             return [0.0] * len(qs)
         ranks = [_rank(q, n) for q in qs]
-        self._flush()
+        self._absorb()
         if self._counts is None:
             data = self._buf[: self._n]
             kth = sorted({r - 1 for r in ranks})
@@ -359,7 +354,7 @@ class _Histogram:
 
     def cumulative(self, bounds: FloatArray) -> npt.NDArray[np.int64]:
         """Counts of values <= each bound (Prometheus ``le`` semantics), then the total."""
-        self._flush()
+        self._absorb()
         if self._counts is None:
             idx = np.searchsorted(bounds, self._buf[: self._n], side="left")
             per = np.bincount(idx, minlength=bounds.size + 1)
@@ -487,6 +482,17 @@ class Recorder:
                 sets = scope.labelled.setdefault(name, {})
                 sets[labelset] = sets.get(labelset, 0) + n
 
+    def count_many(self, amounts: Mapping[str, int], *, process: str | None = None) -> None:
+        """:meth:`count` for several unlabelled counters at once (each amount >= 0)."""
+        scopes = self._scopes(process)
+        for name, amount in amounts.items():
+            self._name(name)
+            n = operator.index(amount)
+            if n < 0:
+                raise ValueError(f"counter {name!r}: amount must be >= 0, got {n}")
+            for scope in scopes:
+                scope.counters[name] = scope.counters.get(name, 0) + n
+
     def _labelset(self, name: str, labels: Mapping[str, str]) -> LabelSet:
         labelset = tuple(sorted(labels.items()))
         known = self._run.labelled.get(name, {})
@@ -556,9 +562,10 @@ class Recorder:
             raise ValueError(
                 f"histogram {name!r}: observations must be finite and >= 0 (batch min {lo!r}, max {hi!r})"
             )
-        total = float(arr.sum())
+        if isinstance(values, np.ndarray) and np.may_share_memory(arr, values):
+            arr = arr.copy()  # the caller may reuse its array
         for h in hists:
-            h.add_array(arr, lo, hi, total)
+            h.add_array(arr, lo, hi)
 
     def _histogram(self, scope: _Scope, name: str) -> _Histogram:
         h = scope.histograms.get(name)

@@ -322,17 +322,22 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDAr
     if rule is WpReuse.PAGE_COUNT:
         out: npt.NDArray[np.bool_] = (pg.refcount[frames] == 1) & (pg.mapcount[frames] == 1)
         return out
-    # PAGE_COUNT_DRAIN (5.18+), after the PageAnonExclusive shortcut (5.19+).
-    reuse = np.zeros(frames.size, dtype=bool)
-    if k.gen.anon_exclusive:
-        reuse = pg.test(frames, PG_anon_exclusive)
-    todo = ~reuse & (pg.refcount[frames] <= 3)
-    if (todo & pg.test(frames, PG_lru_batch)).any():
+    # PAGE_COUNT_DRAIN (5.18+), after the PageAnonExclusive shortcut (5.19+).  Flags and
+    # refcounts are read once, and again only after a step that changes them.
+    page_flags, refcount = pg.flags[frames], pg.refcount[frames]
+    exclusive = (page_flags & PG_anon_exclusive) != 0
+    reuse = exclusive if k.gen.anon_exclusive else np.zeros(frames.size, dtype=bool)
+    todo = ~reuse & (refcount <= 3)
+    if (todo & ((page_flags & PG_lru_batch) != 0)).any():
         k.lru_add_drain(cpu)  # only a run of one page can be in a batch (split_runs)
-    in_cache = pg.test(frames, PG_swapcache)
-    todo &= pg.refcount[frames] <= 1 + in_cache
-    swap.try_to_free_swap(k, frames[todo & in_cache])
-    reuse |= todo & (pg.refcount[frames] == 1)
+        page_flags, refcount = pg.flags[frames], pg.refcount[frames]
+    in_cache = (page_flags & PG_swapcache) != 0
+    todo &= refcount <= 1 + in_cache
+    freeable = todo & in_cache
+    if freeable.any():
+        swap.try_to_free_swap(k, frames[freeable])
+        refcount = pg.refcount[frames]
+    reuse |= todo & (refcount == 1)
     return reuse
 
 

@@ -310,9 +310,15 @@ class PageFrames:
         return tested
 
     def set(self, frames: FrameArray | FrameSet, flag: np.uint8) -> None:
+        if not isinstance(frames, FrameSet) and frames.size < RUNS_MIN_FRAMES:
+            self.flags[frames] |= flag  # few frames: fancy indexing is the fastest
+            return
         (frames if isinstance(frames, FrameSet) else FrameSet(frames)).set_flag(self.flags, flag)
 
     def clear(self, frames: FrameArray | FrameSet, flag: np.uint8) -> None:
+        if not isinstance(frames, FrameSet) and frames.size < RUNS_MIN_FRAMES:
+            self.flags[frames] &= np.uint8(~flag & 0xFF)
+            return
         (frames if isinstance(frames, FrameSet) else FrameSet(frames)).clear_flag(self.flags, flag)
 
     def maybe_dma_pinned(self, frames: FrameArray) -> npt.NDArray[np.bool_]:
