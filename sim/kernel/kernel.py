@@ -248,7 +248,7 @@ class Kernel:
 
     def munmap(self, proc_name: str, region: str, *, cpu: int = 0) -> None:
         owner, vma = self.vma(proc_name, region)
-        madvise.zap_pte_range(self, owner, vma, self.select(vma, None), cpu=cpu)
+        madvise.zap_pte_range(self, owner, vma, None, cpu=cpu)
         madvise.release_vma(self, vma)
         del owner.mm.vmas[region]
 
@@ -293,7 +293,7 @@ class Kernel:
         owner = self.process(proc_name)
         any_present = False
         for vma in list(owner.mm.vmas.values()):
-            any_present |= madvise.zap_pte_range(self, owner, vma, self.select(vma, None), cpu=cpu,
+            any_present |= madvise.zap_pte_range(self, owner, vma, None, cpu=cpu,
                                              flush=False)
             madvise.release_vma(self, vma)
         if any_present:

@@ -19,8 +19,8 @@ import numpy.typing as npt
 
 from cowsim.sim.errors import KernelOpError
 from cowsim.sim.kernel import swap
-from cowsim.sim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, VMA
-from cowsim.sim.kernel.pages import PageIndex
+from cowsim.sim.kernel.mm import VM_DONTCOPY, VM_WIPEONFORK, VMA, Pte
+from cowsim.sim.kernel.pages import ZERO_PFN, PageIndex
 
 if TYPE_CHECKING:
     from cowsim.sim.kernel.kernel import Kernel
@@ -57,24 +57,29 @@ def madvise(k: Kernel, owner: Process, vma: VMA, advice: str, pages: npt.ArrayLi
         raise KernelOpError("advice", f"unknown advice {advice!r}; one of {', '.join(ADVICE)}")
 
 
-def zap_pte_range(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int,
-              flush: bool = True) -> bool:
-    """zap_pte_range(): clear PTEs.  Returns whether any present PTE was cleared."""
-    pfn = vma.pfn[pages]
-    populated = pfn >= 0
-    swapped = vma.swapped(pages)
-    present = populated & ~swapped
-    frames = pfn[present]
-    slots = pfn[swapped]
-    vma.pfn[pages] = -1
-    vma.pte[pages] = 0
-    any_present = bool(present.any())
+def zap_pte_range(k: Kernel, owner: Process, vma: VMA, pages: PageIndex | None, cpu: int,
+                  flush: bool = True) -> bool:
+    """zap_pte_range(): clear PTEs (``pages=None``: the whole VMA, on views of its page
+    table, as munmap and exit do).  Returns whether any present PTE was cleared."""
+    every = slice(None) if pages is None else pages
+    pfn, pte = vma.pfn[every], vma.pte[every]
+    swapped = pte >= Pte.SWAP.u16
+    if swapped.any():
+        frames, slots = pfn[(pfn >= 0) & ~swapped], pfn[swapped]
+    else:
+        frames, slots = pfn[pfn >= 0], pfn[:0]
+    any_present = frames.size > 0
     if any_present and flush:
         k.flush_tlb(owner.mm, "range", pages=int(frames.size), cpu=cpu)
-    real = frames[frames > 0]
-    k.frames.mapcount[real] -= 1
-    k.put_page(real)
-    swap.free_swap_and_cache(k, slots)
+    real = frames if not any_present or frames.min() > ZERO_PFN else frames[frames > ZERO_PFN]
+    k.put_page(real, mapping=True)
+    swap.free_swap_and_cache(k, slots.copy())
+    if pages is None:
+        vma.pfn.fill(-1)
+        vma.pte.fill(0)
+    else:
+        vma.pfn[pages] = -1
+        vma.pte[pages] = 0
     return any_present
 
 
