@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import simpy
 
 from cowsim.sim.kernel import Kernel
@@ -86,7 +87,12 @@ class Simulation:
     shortcuts: bool = True
     """Skip work a step cannot change (an unchanged sample, a tick of steady-state
     writes); False runs the plain path, which must give the same result."""
+    flushers: list[Callable[[], None]] = field(default_factory=list)
+    """What workloads keep back to record in batches; :meth:`flush` records it."""
     _streams: int = 0
+    _seen: list[int] = field(default_factory=list)
+    """The kernel counters as :meth:`call` last saw them, at ``_seen_changes``."""
+    _seen_changes: int = -1
 
     @property
     def costs(self) -> CostModel:
@@ -104,10 +110,16 @@ class Simulation:
         """Run a kernel operation on behalf of ``proc``; return its result and the kernel
         counter deltas, which are also credited to the process."""
         counters = self.kernel.counters
-        before = list(counters.values())
+        if counters.changes != self._seen_changes:  # moved outside a call: look again
+            self._seen = list(counters.values())
+            self._seen_changes = counters.changes
         result = operation(*args, **kwargs)
-        delta = {name: value - old for (name, value), old in zip(counters.items(), before, strict=True)
-                 if value != old}
+        if counters.changes == self._seen_changes:
+            return result, {}  # the common case: nothing counted, nothing to compare
+        delta = {name: value - old for (name, value), old in zip(counters.items(), self._seen,
+                                                                 strict=True) if value != old}
+        self._seen = list(counters.values())
+        self._seen_changes = counters.changes
         if delta:
             self.recorder.count_many(delta, process=proc)
         return result, delta
@@ -136,6 +148,38 @@ class Simulation:
         return sum(int(np.count_nonzero(vma.pfn >= 0)) for vma in owner.mm.vmas.values()
                    if not vma.shared)
 
+    def flush(self) -> None:
+        """Record everything workloads keep back (before any result is read)."""
+        for flush in self.flushers:
+            flush()
+
     def note_memory(self) -> None:
         self.recorder.gauge_max("memory_peak_bytes",
                                 float(self.kernel.frames.nr_in_use * PAGE_SIZE))
+
+
+class Observations:
+    """Histogram observations kept back and recorded in batches (a few values a tick cost
+    more in per-call overhead than in recording); the simulation flushes them before any
+    result is read."""
+
+    LIMIT = 1 << 16
+    """Values kept back at most."""
+
+    def __init__(self, sim: Simulation, name: str, proc: str) -> None:
+        self.recorder, self.name, self.proc = sim.recorder, name, proc
+        self.batches: list[npt.NDArray[np.float64]] = []
+        self.size = 0
+        sim.flushers.append(self.flush)
+
+    def add(self, values: npt.NDArray[np.float64]) -> None:
+        self.batches.append(values)
+        self.size += values.size
+        if self.size >= self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.batches:
+            self.recorder.observe(self.name, np.concatenate(self.batches), process=self.proc)
+            self.batches.clear()
+            self.size = 0

@@ -120,8 +120,7 @@ def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = N
         cpus = machine.place(mm, process.threads)
         machine.set_working_set(mm, pages)
         sim.procs[process.name] = ProcState(name=process.name, pages=pages, cpus=cpus)
-    for name in model.counters:  # the set-up is not part of the run
-        model.counters[name] = 0
+    model.counters.reset()  # the set-up is not part of the run
     for p, process in enumerate(spec.processes):
         for w, workload in enumerate(process.workloads):
             body = starter(workload.kind)(sim, process.name, workload)
@@ -173,6 +172,7 @@ def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel |
         if cancel is not None and index < slices and cancel():
             sim.cancelled = True
             break
+    sim.flush()
     sim.note_memory()
 
 
@@ -189,6 +189,7 @@ def run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = Non
 
 def result(sim: Simulation, wall_seconds: float | None) -> dict[str, Any]:
     """The run result: design.md's keys first, then the detail."""
+    sim.flush()
     recorder, counters, machine = sim.recorder, sim.kernel.counters, sim.machine.counters
     histograms = recorder.to_dict()["histograms"]  # rounded: byte-stable JSON
 

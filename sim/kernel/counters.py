@@ -48,10 +48,20 @@ class Counters(dict[str, int]):
 
     def __init__(self) -> None:
         super().__init__(dict.fromkeys(COUNTER_NAMES, 0))
+        self.changes = 0
+        """How many times :meth:`add` changed a counter: a caller that saw the same number
+        before and after an operation knows no counter moved, without comparing them."""
 
     def add(self, name: str, amount: int = 1) -> None:
         if amount:
             self[name] += int(amount)
+            self.changes += 1
+
+    def reset(self) -> None:
+        """Every counter back to zero."""
+        for name in self:
+            self[name] = 0
+        self.changes += 1
 
     def fault(self, kind: str, amount: int = 1) -> None:
         self.add(f"faults_{kind}", amount)

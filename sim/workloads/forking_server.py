@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cowsim.sim.engine import NS, PAGE_SIZE, Simulation
+from cowsim.sim.engine import NS, PAGE_SIZE, Observations, Simulation
 from cowsim.sim.spec import ForkingServer
 from cowsim.sim.workloads.keys import sample_pages
 from cowsim.sim.workloads.registry import register
@@ -64,6 +64,8 @@ class _Server:
         if fork is not None and fork.mode == "periodic":
             assert fork.every is not None
             self.next_fork = fork.first_at if fork.first_at is not None else fork.every
+        self.latencies = Observations(sim, "request_latency_seconds", proc)
+        self.fault_latencies = Observations(sim, "fault_latency_seconds", proc)
 
     # -- forks ------------------------------------------------------------------------
     def fork(self, now: float, child_lifetime: float, dirty_pages: int) -> float:
@@ -129,7 +131,7 @@ class _Server:
                 mine = np.flatnonzero(request_cpus == cpu)
                 if mine.size:
                     latency[mine] = self._queue(queue, start, arrivals[mine], service[mine]) - arrivals[mine]
-        sim.recorder.observe("request_latency_seconds", latency, process=self.proc)
+        self.latencies.add(latency)
         sim.recorder.count("requests", count, process=self.proc)
 
     def _queue(self, queue: int, start: float, arrivals: npt.NDArray[np.float64],
@@ -175,7 +177,7 @@ class _Server:
         page_ns = sim.pricing.page_faults_ns(report.flags, bill.ns)
         faulted = page_ns[report.flags != 0]
         if faulted.size:
-            sim.recorder.observe("fault_latency_seconds", faulted * NS, process=self.proc)
+            self.fault_latencies.add(faulted * NS)
         occurrence_ns = np.zeros(occurrences.size)
         occurrence_ns[first] = page_ns
         owners = np.repeat(np.flatnonzero(writes), per)
