@@ -37,7 +37,7 @@ from cowsim.sim.kernel.pages import (
 )
 from tests.strategies import GENERATIONS, Op, describe, op_sequences, script
 
-FAST = settings(max_examples=120, deadline=None,
+FAST = settings(settings.get_profile("property"), deadline=None,  # tests/conftest.py
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SLOW = settings(settings.get_profile("sweep"), deadline=None,  # examples: tests/conftest.py
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
