@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from cowsim.sim.run import build, result
+from cowsim.sim.driver import build, result
 from cowsim.sim.spec import parse_spec
 
 SMALL = """

@@ -31,9 +31,17 @@ from rich.console import Console
 
 from cowsim.clients import render, workload_cli
 from cowsim.clients.output import say
-from cowsim.sim.errors import InvalidInput, KernelVersionError
-from cowsim.sim.kernel.generations import Generation, all_generations, generations_for
-from cowsim.sim.scenario import Scenario, ScenarioResult, load_scenario, run_scenario
+from cowsim.sim import (
+    Generation,
+    InvalidInput,
+    KernelVersionError,
+    Scenario,
+    ScenarioResult,
+    all_generations,
+    generations_for,
+    load_scenario,
+    run_scenario,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from cowsim.sim.errors import InvalidInput, escape_control
+from cowsim.sim import InvalidInput, escape_control
 
 __all__ = ["OutputDir", "say"]
 

@@ -15,9 +15,15 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cowsim.sim.errors import escape_control
-from cowsim.sim.kernel.generations import ERAS, WHAT_IFS, Generation, changes_in
-from cowsim.sim.scenario.runner import SUMMARY_COUNTERS, ScenarioResult
+from cowsim.sim import (
+    ERAS,
+    SUMMARY_COUNTERS,
+    WHAT_IFS,
+    Generation,
+    ScenarioResult,
+    changes_in,
+    escape_control,
+)
 
 
 def plain(text: object, style: str = "") -> Text:

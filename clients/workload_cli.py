@@ -31,13 +31,23 @@ from rich.table import Table
 from rich.text import Text
 
 from cowsim.clients.output import OutputDir, say
-from cowsim.sim import run as sim_run
-from cowsim.sim.engine import Simulation
-from cowsim.sim.errors import InvalidInput, KernelVersionError, escape_control
-from cowsim.sim.kernel.generations import generation_for, generations_for
-from cowsim.sim.plan import RunPlan, check_seed, plan_run
-from cowsim.sim.spec import json_schema, load_spec
-from cowsim.sim.units import format_bytes, format_seconds
+from cowsim.sim import (
+    InvalidInput,
+    KernelVersionError,
+    RunPlan,
+    Simulation,
+    check_seed,
+    escape_control,
+    format_bytes,
+    format_seconds,
+    generation_for,
+    generations_for,
+    json_schema,
+    load_spec,
+    plan_run,
+    simulate,
+)
+from cowsim.sim import result as run_result
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -97,8 +107,8 @@ def _run_one(plan: RunPlan, console: Console, show_progress: bool, source: str
     options: dict[str, Any] = {"kernel": plan.kernel, "seed": plan.seed, "max_frames": plan.max_frames}
     try:
         if not show_progress:
-            sim, wall = sim_run.simulate(spec, **options)
-            return sim_run.result(sim, wall_seconds=wall), sim
+            sim, wall = simulate(spec, **options)
+            return run_result(sim, wall_seconds=wall), sim
         started = time.perf_counter()
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.fields[sim]} simulated · {task.fields[rate]} events/s"),
@@ -111,8 +121,8 @@ def _run_one(plan: RunPlan, console: Console, show_progress: bool, source: str
                 bar.update(task, completed=event.sim_seconds, sim=format_seconds(event.sim_seconds),
                            rate=f"{event.events_processed / elapsed:,.0f}")
 
-            sim, wall = sim_run.simulate(spec, progress=progress, **options)
-            return sim_run.result(sim, wall_seconds=wall), sim
+            sim, wall = simulate(spec, progress=progress, **options)
+            return run_result(sim, wall_seconds=wall), sim
     except InvalidInput as exc:  # refused inside the run: name the spec it came from
         raise exc.within(source=source) from None
 

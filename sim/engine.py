@@ -14,7 +14,7 @@ A workload is a simpy process (a generator) that calls the kernel on behalf of
 a process through :meth:`Simulation.call`, which also credits the kernel's
 counter deltas to that process, and records what it measured.  The engine
 knows no workload: :mod:`cowsim.sim.workloads` registers them by kind and
-:mod:`cowsim.sim.run` starts them.
+:mod:`cowsim.sim.driver` starts them.
 
 This module imports the kernel, the machine and the metrics recorder, never a
 workload or the run driver, so that every workload can import it.
@@ -81,7 +81,7 @@ class Simulation:
     seed: int
     procs: dict[str, ProcState] = field(default_factory=dict)
     failure: Exception | None = None
-    """Set when a workload stopped on an error the run must report (see run.py)."""
+    """Set when a workload stopped on an error the run must report (see driver.py)."""
     cancelled: bool = False
     """The run was stopped before its duration by its caller."""
     shortcuts: bool = True

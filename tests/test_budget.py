@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cowsim.sim import run as sim_run
+from cowsim.sim import simulate
 from cowsim.sim.budget import ENVIRONMENT, Budget, available_memory_bytes
 from cowsim.sim.errors import BudgetExceeded, InvalidInput
 from cowsim.sim.kernel import all_generations, generation_for
@@ -201,7 +201,7 @@ def test_spec_runs_stay_within_the_planned_frames() -> None:
     spec = parse_spec(text.replace("duration: 10s", "duration: 1s").replace("memory: 1GiB",
                                                                             "memory: 64MiB"), "p.yaml")
     plan = plan_run(spec, budget=Budget())
-    sim, _wall = sim_run.simulate(spec, kernel=plan.kernel, seed=plan.seed, max_frames=plan.max_frames)
+    sim, _wall = simulate(spec, kernel=plan.kernel, seed=plan.seed, max_frames=plan.max_frames)
     assert sim.kernel.frames.max_frames == plan.max_frames
     assert sim.kernel.frames.nr_used - 1 <= plan.max_frames
 

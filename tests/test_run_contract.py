@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cowsim.sim.driver import ProgressEvent, build, drive, result, run, simulate
 from cowsim.sim.errors import InvalidInput
-from cowsim.sim.run import ProgressEvent, build, drive, result, run, simulate
 from cowsim.sim.spec import parse_spec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "workloads"

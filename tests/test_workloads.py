@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cowsim.sim.run import PAGE_SIZE, build, run
+from cowsim.sim.driver import PAGE_SIZE, build, run
 from cowsim.sim.spec import parse_spec
 from cowsim.sim.workloads.forking_server import _Server, lindley_finish
 

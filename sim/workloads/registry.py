@@ -7,7 +7,7 @@ module registers a *starter* under that kind::
     def run(sim: Simulation, proc: str, spec: Checkpointer) -> Generator[Any, Any, None]:
         ...
 
-and :func:`cowsim.sim.run.build` starts every workload of every process by
+and :func:`cowsim.sim.driver.build` starts every workload of every process by
 looking its kind up here, so adding a workload touches no engine code: a spec
 model in :mod:`cowsim.sim.spec` and a module in this package.
 """
