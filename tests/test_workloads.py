@@ -11,7 +11,7 @@ import pytest
 
 from cowsim.sim.driver import PAGE_SIZE, build, run
 from cowsim.sim.spec import parse_spec
-from cowsim.sim.workloads.forking_server import _Server, lindley_finish
+from cowsim.sim.workloads.forking_server import Server, lindley_finish
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "workloads"
 ALL_KERNELS = ["5.4", "5.8", "5.10", "5.15", "5.18", "6.1", "6.8"]
@@ -38,7 +38,7 @@ def forked_server(kernel: str, pages: int = 1000, threads: int = 1):  # type: ig
         requests: {rate: 1/s}
 """)
     sim = build(spec, kernel=kernel)
-    server = _Server(sim, "server", spec.processes[0].workloads[0])  # type: ignore[arg-type]
+    server = Server(sim, "server", spec.processes[0].workloads[0])  # type: ignore[arg-type]
     return sim, server
 
 

@@ -47,7 +47,9 @@ def lindley_finish(arrivals: npt.NDArray[np.float64], service: npt.NDArray[np.fl
     return done + np.maximum(free_at, np.maximum.accumulate(arrivals - before))
 
 
-class _Server:
+class Server:
+    """One forking server: its request stream, its threads' queues, its forks and children."""
+
     def __init__(self, sim: Simulation, proc: str, spec: ForkingServer) -> None:
         self.sim, self.proc, self.spec = sim, proc, spec
         self.state = sim.procs[proc]
@@ -188,7 +190,7 @@ class _Server:
 @register("forking_server")
 def run(sim: Simulation, proc: str, spec: ForkingServer) -> Generator[Any, Any, None]:
     """The simpy process of one forking-server workload."""
-    server = _Server(sim, proc, spec)
+    server = Server(sim, proc, spec)
     tick = sim.spec.tick
     fork = spec.fork
     connections = fork.connections if fork is not None else None
