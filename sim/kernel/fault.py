@@ -112,7 +112,11 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
     if pages.size == 0:
         return
     frames = decision_frames(k, vma, pages)
-    sensitive = np.flatnonzero(k.batch_sensitive(frames))
+    batched = k.frames.flags[np.maximum(frames, 0)] & PG_lru_batch
+    sensitive = np.flatnonzero(batched)  # frame 0 (the zero page, and -1 clipped) never is
+    if sensitive.size == 0:
+        yield pages
+        return
     start = 0
     for position in sensitive.tolist():  # at most one LRU batch's worth per CPU
         if position > start:
@@ -125,7 +129,7 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
 
 def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
     """The frame each page's fault decision reads: the mapped one, or the swap-cache one."""
-    frames = vma.pfn[pages].copy()
+    frames = vma.pfn[pages]
     swapped = vma.swapped(pages)
     if swapped.any():
         frames[swapped] = k.swap.cache_frame[frames[swapped]]
@@ -173,7 +177,14 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
     was done into ``flags`` (aligned with ``pages``).  A write leaves every PTE writable."""
     k, vma, write = vmf.k, vmf.vma, vmf.write
     new_frames: list[tuple[PageIndex, FrameArray]] = []
-    none = vma.pfn[pages] < 0
+    pfn, pte = vma.pfn[pages], vma.pte[pages]
+    if write and pfn.min() >= 0 and pte.max() < _SWAP and not np.bitwise_or.reduce(pte) & _UFFD_WP:
+        # The common write fault: every PTE present, none a swap entry or uffd-protected,
+        # so only write-protect faults remain (the same steps as below, read once).
+        _wp_faults(vmf, pages, (pte & _RW) == 0, None, flags, new_frames)
+        _batch_in_page_order(k, new_frames, vmf.cpu)
+        return
+    none = pfn < 0
     if none.any():
         if vma.shared:
             shmem_fault(vmf, pages[none])
@@ -200,16 +211,24 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
         protect.uffd_writeprotect(k, vmf.owner, vma, pages[protected], False, cpu=vmf.cpu,
                                   per_page=True)
         flags[protected] |= _UFFD
-    read_only = vma.read_only(pages)
-    if read_only.any():
-        # Swap-in's own do_wp_page call is part of the swap fault, not a new fault.
-        wp = read_only if inline is None else read_only & ~(inline & ~protected)
-        k.counters.fault("wp", int(np.count_nonzero(wp)))
-        ro_pages = pages[read_only]
-        ro_flags, copied = do_wp_page(vmf, ro_pages)
-        flags[read_only] |= ro_flags
-        new_frames.append((ro_pages[(ro_flags & _COPY) != 0], copied))
+    inline_only = None if inline is None else inline & ~protected
+    _wp_faults(vmf, pages, vma.read_only(pages), inline_only, flags, new_frames)
     _batch_in_page_order(k, new_frames, vmf.cpu)
+
+
+def _wp_faults(vmf: VmFault, pages: PageIndex, read_only: npt.NDArray[np.bool_],
+               inline: npt.NDArray[np.bool_] | None, flags: FlagArray,
+               new_frames: list[tuple[PageIndex, FrameArray]]) -> None:
+    """The write-protect faults of a run: do_wp_page on its ``read_only`` pages.  ``inline``
+    marks pages whose do_wp_page is part of their swap fault (not counted again)."""
+    if not read_only.any():
+        return
+    wp = read_only if inline is None else read_only & ~inline
+    vmf.k.counters.fault("wp", int(np.count_nonzero(wp)))
+    ro_pages = pages[read_only]
+    ro_flags, copied = do_wp_page(vmf, ro_pages)
+    flags[read_only] |= ro_flags
+    new_frames.append((ro_pages[(ro_flags & _COPY) != 0], copied))
 
 
 def _batch_in_page_order(k: Kernel, new: list[tuple[PageIndex, FrameArray]], cpu: int) -> None:
