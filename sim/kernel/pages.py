@@ -106,6 +106,11 @@ class FrameSet:
         return self._mask
 
     @property
+    def small(self) -> bool:
+        """Too few frames for slices or a mask to pay: plain fancy indexing."""
+        return bool(self.frames.size < RUNS_MIN_FRAMES)
+
+    @property
     def span(self) -> tuple[int, int] | None:
         """(start, stop) if the frames are exactly the numbers start..stop-1."""
         if self._span is False:
@@ -129,6 +134,9 @@ class FrameSet:
         return [span] if span is not None else self.runs
 
     def add(self, array: npt.NDArray[np.int32], delta: int) -> None:
+        if self.small:
+            array[self.frames] += delta
+            return
         slices = self._slices()
         if slices is None and (mask := self._dense(array.size)) is not None:
             if delta == 1:
@@ -144,6 +152,8 @@ class FrameSet:
                 array[start:stop] += delta
 
     def gather(self, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        if self.small:
+            return array[self.frames]
         runs = self.runs
         if runs is None:
             return array[self.frames]
@@ -152,6 +162,9 @@ class FrameSet:
         return np.concatenate([array[start:stop] for start, stop in runs])
 
     def assign(self, array: npt.NDArray[Any], value: npt.ArrayLike) -> None:
+        if self.small:
+            array[self.frames] = value
+            return
         if np.ndim(value) == 0:
             slices = self._slices()
             if slices is None:
