@@ -131,7 +131,7 @@ def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
     """The frame each page's fault decision reads: the mapped one, or the swap-cache one."""
     frames = vma.pfn[pages]
     swapped = vma.swapped(pages)
-    if swapped.any():
+    if np.count_nonzero(swapped):
         frames[swapped] = k.swap.cache_frame[frames[swapped]]
     return frames
 
@@ -185,7 +185,7 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
         _batch_in_page_order(k, new_frames, vmf.cpu)
         return
     none = pfn < 0
-    if none.any():
+    if np.count_nonzero(none):
         if vma.shared:
             shmem_fault(vmf, pages[none])
             flags[none] |= _SHMEM
@@ -196,7 +196,7 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
                 new_frames.append((pages[none], frames))
     swapped = vma.swapped(pages)
     inline: npt.NDArray[np.bool_] | None = None
-    if swapped.any():
+    if np.count_nonzero(swapped):
         still_read_only = swap.do_swap_page(vmf, pages[swapped])
         flags[swapped] |= _SWAPPED
         if write:
@@ -206,7 +206,7 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
         return
     # Userfaultfd write-protected PTEs: the monitor un-protects, the write is retried.
     protected = (vma.pte[pages] & _UFFD_WP) != 0
-    if protected.any():
+    if np.count_nonzero(protected):
         k.counters.fault("uffd_wp", int(np.count_nonzero(protected)))
         protect.uffd_writeprotect(k, vmf.owner, vma, pages[protected], False, cpu=vmf.cpu,
                                   per_page=True)
@@ -221,7 +221,7 @@ def _wp_faults(vmf: VmFault, pages: PageIndex, read_only: npt.NDArray[np.bool_],
                new_frames: list[tuple[PageIndex, FrameArray]]) -> None:
     """The write-protect faults of a run: do_wp_page on its ``read_only`` pages.  ``inline``
     marks pages whose do_wp_page is part of their swap fault (not counted again)."""
-    if not read_only.any():
+    if not np.count_nonzero(read_only):
         return
     wp = read_only if inline is None else read_only & ~inline
     vmf.k.counters.fault("wp", int(np.count_nonzero(wp)))
@@ -271,7 +271,7 @@ def shmem_fault(vmf: VmFault, pages: PageIndex) -> None:
     k.counters.fault("shmem", pages.size)
     frames = vma.shmem.frames[pages]
     missing = frames < 0
-    if missing.any():
+    if np.count_nonzero(missing):
         new = k.alloc_pages(int(missing.sum()), np.uint8(0))
         k.frames.refcount[new] = 1  # the page cache's reference
         vma.shmem.frames[pages[missing]] = new
@@ -302,7 +302,7 @@ def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
     zero = frames == ZERO_PFN
     reuse = np.zeros(pages.size, dtype=bool)
     anon = ~zero
-    if anon.any():
+    if np.count_nonzero(anon):
         reuse[anon] = wp_can_reuse_anon_folio(k, frames[anon], vmf.cpu)
     flags = np.where(reuse, np.uint8(0) if unshare else _REUSE,
                      np.where(zero, _ZERO_COPY, _COPY)).astype(np.uint8)
@@ -315,7 +315,7 @@ def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
             vma.pte[reused] = (vma.pte[reused] & ~WP_CAUSE_MASK) | PTE_WRITTEN
             k.counters.add("wp_reuses", reused.size)
     copy = ~reuse
-    if not copy.any():
+    if not np.count_nonzero(copy):
         return flags, empty
     return flags, wp_page_copy(vmf, pages[copy])
 
@@ -333,7 +333,7 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDAr
     if rule is WpReuse.MAPCOUNT:
         in_cache = pg.test(frames, PG_swapcache)
         swapcount = np.zeros(frames.size, dtype=np.int64)
-        if in_cache.any():
+        if np.count_nonzero(in_cache):
             swapcount[in_cache] = k.swap.count[pg.ensure_swap_slots()[frames[in_cache]]]
         reuse: npt.NDArray[np.bool_] = (pg.mapcount[frames] + swapcount) <= 1
         swap.delete_from_swap_cache(k, frames[reuse & in_cache])
@@ -347,13 +347,13 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDAr
     exclusive = (page_flags & PG_anon_exclusive) != 0
     reuse = exclusive if k.gen.anon_exclusive else np.zeros(frames.size, dtype=bool)
     todo = ~reuse & (refcount <= 3)
-    if (todo & ((page_flags & PG_lru_batch) != 0)).any():
+    if np.count_nonzero(todo & ((page_flags & PG_lru_batch) != 0)):
         k.lru_add_drain(cpu)  # only a run of one page can be in a batch (split_runs)
         page_flags, refcount = pg.flags[frames], pg.refcount[frames]
     in_cache = (page_flags & PG_swapcache) != 0
     todo &= refcount <= 1 + in_cache
     freeable = todo & in_cache
-    if freeable.any():
+    if np.count_nonzero(freeable):
         swap.try_to_free_swap(k, frames[freeable])
         refcount = pg.refcount[frames]
     reuse |= todo & (refcount == 1)

@@ -89,28 +89,28 @@ def copy_pte_range(k: Kernel, parent: Process, src: VMA, dst: VMA, pages: PageIn
     pte = src.pte[every]
     swapped = pte >= Pte.SWAP.u16
     keep_in_child = Pte.UFFD_WP.inverted  # the child VMA is not uffd-registered
-    if swapped.any():
+    if np.count_nonzero(swapped):
         # Swap entries: share the slot; the exclusive marker is lost on both sides.
         swap_pages = _positions(pages, swapped)
         np.add.at(k.swap.count, pfn[swapped], 1)
         src.pte[swap_pages] &= Pte.SWP_EXCLUSIVE.inverted
         dst.pfn[swap_pages] = src.pfn[swap_pages]
         dst.pte[swap_pages] = src.pte[swap_pages] & keep_in_child
-    any_swapped = bool(swapped.any())
+    any_swapped = bool(np.count_nonzero(swapped))
     present = (pfn >= 0) & ~swapped if any_swapped else pfn >= 0
-    if not present.any():
+    if not np.count_nonzero(present):
         return any_swapped
     real = present & (pfn != ZERO_PFN)
     early = np.zeros(pfn.shape[0], dtype=bool)
     # page_needs_cow_for_dma() (folio_needs_cow_for_dma): copy now rather than share.
-    if k.gen.fork_copies_pinned and parent.mm.has_pinned and real.any():
+    if k.gen.fork_copies_pinned and parent.mm.has_pinned and np.count_nonzero(real):
         candidates = pfn[real]
         pinned = k.frames.maybe_dma_pinned(candidates) & k.frames.test(candidates, PG_anon)
         if k.gen.anon_exclusive:
             # 5.19+: only an exclusive page can be pinned; a shared one stays shared.
             pinned &= k.frames.test(candidates, PG_anon_exclusive)
         early[real] = pinned
-    if early.any():
+    if np.count_nonzero(early):
         copy_present_page(k, src, dst, _positions(pages, early), cpu)
         present &= ~early
         real &= ~early

@@ -146,7 +146,7 @@ def get_user_pages(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, holder
         report = fault.fault_in_readable(k, owner, vma, pages, cpu=cpu)
         if pin:
             must = gup_must_unshare(k, vma, pages, longterm)
-            if must.any():
+            if np.count_nonzero(must):
                 flags = report.flags.copy()
                 flags[must] |= fault.unshare(k, owner, vma, pages[must], cpu=cpu)
                 report = FaultReport(pages, flags)

@@ -64,7 +64,7 @@ def zap_pte_range(k: Kernel, owner: Process, vma: VMA, pages: PageIndex | None, 
     every = slice(None) if pages is None else pages
     pfn, pte = vma.pfn[every], vma.pte[every]
     swapped = pte >= Pte.SWAP.u16
-    if swapped.any():
+    if np.count_nonzero(swapped):
         frames, slots = pfn[(pfn >= 0) & ~swapped], pfn[swapped]
     else:
         frames, slots = pfn[pfn >= 0], pfn[:0]

@@ -143,7 +143,7 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
     extra_refs -= (flags & PG_swapcache) != 0
     other_maps = mapcount - own_map
     suspect = ((flags & PG_anon) != 0) & ((extra_refs > 0) | (other_maps > 0))
-    if not suspect.any():
+    if not np.count_nonzero(suspect):
         return
     suspects = frames[suspect]
     suspect_pages = pages[suspect]
@@ -164,7 +164,7 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
                     detail=f"{writer_label} stored into {where} page {page} (frame {frame}), "
                            f"which {holder.description} of {chunk.owner.name} holds"))
     shared = other_maps[suspect] > 0
-    if not shared.any():
+    if not np.count_nonzero(shared):
         return
     mapped_elsewhere = suspects[shared]
     order = np.argsort(mapped_elsewhere)
@@ -206,7 +206,7 @@ def check_pins(k: Kernel, holders: Iterable[Holder] | None = None) -> None:
             pfn = vma.pfn[chunk.pages]
             swapped = vma.pte[chunk.pages] >= _SWAP
             current = pfn
-            if swapped.any():
+            if np.count_nonzero(swapped):
                 current = pfn.copy()
                 current[swapped] = k.swap.cache_frame[pfn[swapped]]
             diverged = np.flatnonzero((pfn >= 0) & (current != chunk.frames))

@@ -131,7 +131,7 @@ def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, pro
         was_writable = (vma.pte[present] & Pte.RW.u16) != 0
         vma.pte[present] = with_cause((vma.pte[present] & Pte.RW.inverted) | Pte.UFFD_WP.u16,
                                       WpCause.UFFD_WP)
-        removed = bool(was_writable.any())
+        removed = bool(np.count_nonzero(was_writable))
     else:
         vma.pte[swapped] &= Pte.UFFD_WP.inverted
         vma.pte[present] &= Pte.UFFD_WP.inverted

@@ -114,7 +114,7 @@ def delete_from_swap_cache(k: Kernel, frames: FrameArray) -> None:
 def try_to_free_swap(k: Kernel, frames: FrameArray) -> npt.NDArray[np.bool_]:
     """try_to_free_swap(): drop swap-cache frames whose slot no swap PTE uses any more."""
     in_cache = k.frames.test(frames, PG_swapcache)
-    if not in_cache.any():
+    if not np.count_nonzero(in_cache):
         return in_cache
     slots = k.frames.ensure_swap_slots()[np.where(in_cache, frames, 0)]
     freeable: npt.NDArray[np.bool_] = in_cache & (k.swap.count[np.where(in_cache, slots, 0)] == 0)
@@ -150,7 +150,7 @@ def madvise_cold_or_pageout_pte_range(k: Kernel, owner: Process, vma: VMA, pages
     pinned = k.frames.maybe_dma_pinned(safe)
     if k.gen.swapcache_refuses_pinned or k.gen.anon_exclusive:
         candidate &= ~pinned
-    if candidate.any():
+    if np.count_nonzero(candidate):
         shrink_folio_list(k, owner, vma, pages[candidate], frames[candidate], cpu)
 
 
@@ -196,7 +196,7 @@ def do_swap_page(vmf: VmFault, pages: PageIndex) -> npt.NDArray[np.bool_]:
     # Look the slot up in the swap cache, or read it into a new swap-cache frame.
     frames = k.swap.cache_frame[slots].copy()
     missing = frames < 0
-    if missing.any():
+    if np.count_nonzero(missing):
         read_slots = slots[missing]
         new_frames = k.alloc_pages(int(read_slots.size), PG_anon | PG_swapcache,
                                    k.swap.content[read_slots])

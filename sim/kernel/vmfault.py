@@ -106,7 +106,7 @@ class FaultReport:
     @property
     def faulted(self) -> bool:
         """Whether any page took a fault."""
-        return self._flags is not None and bool(self._flags.any())
+        return self._flags is not None and bool(np.count_nonzero(self._flags))
 
     def mask(self, flag: int = ALL_FAULTS) -> npt.NDArray[np.bool_]:
         """Pages carrying any of the bits of ``flag`` (default: any fault at all)."""

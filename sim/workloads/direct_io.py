@@ -107,7 +107,7 @@ class _DirectIO:
         sim.kernel.dma_write(ref, value)
         sim.call(self.proc, sim.kernel.release, ref)
         seen = sim.kernel.peek(self.proc, self.state.region, self.pages(io))
-        if (seen != value).any():
+        if np.count_nonzero(seen != value):
             sim.recorder.count("dma_lost_writes", process=self.proc)
         sim.recorder.count("io_completed", process=self.proc)
         sim.recorder.observe("io_latency_seconds", now - self.issue_time.pop(io), process=self.proc)

@@ -161,7 +161,7 @@ class Server:
         sim, state = self.sim, self.state
         count, per = pages.shape
         extra = np.zeros(count)
-        if not writes.any():
+        if not np.count_nonzero(writes):
             return extra
         occurrences = pages[writes].reshape(-1)  # arrival order
         unique, first = np.unique(occurrences, return_index=True)
