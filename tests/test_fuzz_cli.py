@@ -140,8 +140,13 @@ def test_mutated_examples_never_crash(tmp_path: Path, scenario: tuple[Any, bool]
     fuzz_once(tmp_path, scenario, spec)
 
 
+#: The slow tier's examples: about 2 s each (two cowsim subprocesses), so CI runs 80 (about
+#: 3 minutes, the budget of .ci/run) and COWSIM_LONG_TESTS=1 the full 400.
+LONG_FUZZ_EXAMPLES = 400 if os.environ.get("COWSIM_LONG_TESTS", "") not in ("", "0") else 80
+
+
 @pytest.mark.slow
-@settings(max_examples=400, deadline=None,
+@settings(max_examples=LONG_FUZZ_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=mutated(SCENARIOS), spec=mutated(WORKLOADS))
 def test_mutated_examples_never_crash_long(tmp_path: Path, scenario: tuple[Any, bool],
