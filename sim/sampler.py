@@ -8,9 +8,10 @@ many are *exclusive*.  These are the time series of ``--out``'s series/*.csv.
 Counting shared pages reads the mapcount of every resident page, a pass over
 the whole resident set (16.7 M pages for 64 GiB).  A sample whose inputs cannot
 have changed since the previous one is not recomputed: mappings only change
-through faults, frees, allocations, swap-outs, TLB-flushing operations (fork,
-munmap, exit, mprotect) or a process coming or going, all of which move the
-kernel's counters; when none moved, the previous sample is recorded again.
+through faults that map a page, copies, frees, allocations, swap-outs, TLB-flushing
+operations (fork, munmap, exit, mprotect) or a process coming or going, all of which
+move the kernel's counters (:data:`MAPPING_COUNTERS`); when none moved, the previous
+sample is recorded again.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from cowsim.sim.kernel.pages import ZERO_PFN
 
 __all__ = ["MAPPING_COUNTERS", "sampler", "shared_and_exclusive"]
 
-MAPPING_COUNTERS = ("page_faults", "pages_allocated", "pages_freed", "swap_outs", "tlb_flushes",
-                    "cow_copies", "wp_reuses")
-"""Kernel counters at least one of which moves whenever a page's mapping changes."""
+MAPPING_COUNTERS = ("faults_anonymous", "faults_shmem", "faults_swap", "cow_copies",
+                    "pages_allocated", "pages_freed", "swap_outs", "tlb_flushes")
+"""Kernel counters at least one of which moves whenever a page's mapping or a frame's
+mapcount changes: a fault that maps a page (anonymous, shmem, swap-in), a copy, an
+allocation or a free, a swap-out, and every operation that flushes a TLB (fork, munmap,
+exit, mprotect, a copy).  A write fault that reuses its page, a resolved userfault or an
+unshare that only marks the page exclusive moves none of them, and changes no sample."""
 
 
 def shared_and_exclusive(sim: Simulation, vma: VMA) -> tuple[int, int]:

@@ -164,15 +164,17 @@ class Server:
         if not np.count_nonzero(writes):
             return extra
         occurrences = pages[writes].reshape(-1)  # arrival order
-        unique, first = np.unique(occurrences, return_index=True)
         cpu = state.cpus[0]
         value = self.value
         self.value += 1
         vma = sim.kernel.procs[self.proc].mm.vmas[state.region]
-        if sim.shortcuts and vma.pte_write(unique).all():
-            # Steady state: every page is mapped writable, so no store can fault.
-            sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique, value, cpu=cpu)
+        if sim.shortcuts and np.count_nonzero(vma.pte_write(occurrences)) == occurrences.size:
+            # Steady state: every page is mapped writable, so no store can fault (and the
+            # kernel sorts out repeated pages itself).
+            sim.call(self.proc, sim.kernel.write, self.proc, state.region, occurrences, value,
+                     cpu=cpu)
             return extra
+        unique, first = np.unique(occurrences, return_index=True)
         with sim.machine.bill(cpu) as bill:
             report, _delta = sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique,
                                       value, cpu=cpu)
