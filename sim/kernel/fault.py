@@ -111,6 +111,10 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
     """
     if pages.size == 0:
         return
+    pfn = vma.pfn[pages]
+    if pfn.max() < 0:  # every PTE empty (a first touch): no frame to be in a batch
+        yield pages
+        return
     frames = decision_frames(k, vma, pages)
     batched = k.frames.flags[np.maximum(frames, 0)] & PG_lru_batch
     sensitive = np.flatnonzero(batched)  # frame 0 (the zero page, and -1 clipped) never is
@@ -190,10 +194,15 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
             shmem_fault(vmf, pages[none])
             flags[none] |= _SHMEM
         else:
-            frames = do_anonymous_page(vmf, pages[none])
+            every = np.count_nonzero(none) == pages.size
+            fresh = pages if every else pages[none]
+            frames = do_anonymous_page(vmf, fresh)
             flags[none] |= _ANONYMOUS if write else _ZERO_READ
             if write:
-                new_frames.append((pages[none], frames))
+                new_frames.append((fresh, frames))
+                if every:  # a first touch of every page: each is now mapped writable
+                    _batch_in_page_order(k, new_frames, vmf.cpu)
+                    return
     swapped = vma.swapped(pages)
     inline: npt.NDArray[np.bool_] | None = None
     if np.count_nonzero(swapped):
