@@ -179,3 +179,19 @@ def test_uffd_wp_snapshot_of_a_pinned_buffer(kernel: str, breaks: bool) -> None:
     broken = metrics["dma_lost_writes_total"] + metrics["stale_pin_reads_total"]
     assert (broken > 0) is breaks
     assert (metrics["pin_diverged_total"] > 0) is breaks
+
+
+@pytest.mark.parametrize(("kernel", "leaks"), [("5.4", True), ("5.8", True), ("6.8", False)])
+def test_pinned_dma_into_a_frame_a_forked_helper_maps_is_a_leak(kernel: str, leaks: bool) -> None:
+    """The device's DMA goes through Kernel.dma_write, so the leak oracle sees it: without the
+    5.9 early copy at fork, the parent's next write copies a pinned page away, the pinned frame
+    stays mapped by the helper, and the device's data lands in the helper's memory."""
+    spec = parse_spec((EXAMPLES / "rdma-fork.yaml").read_text().replace("duration: 5s",
+                                                                        "duration: 1s"))
+    outcome = run(spec, kernel=kernel)
+    metrics = outcome["metrics"]
+    assert (metrics["leaks_total"] > 0) is leaks
+    if leaks:
+        leak = next(v for v in outcome["violations"] if v["kind"] == "leak")
+        assert "device via id" in leak["detail"]
+        assert ".helper" in leak["detail"]
