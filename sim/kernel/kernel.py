@@ -187,11 +187,6 @@ class Kernel:
             self.frames.clear(frames, PG_lru_batch)
             self.put_page(frames)
 
-    def batch_sensitive(self, frames: FrameArray) -> npt.NDArray[np.bool_]:
-        """Frames whose reuse decision can depend on the LRU-add batch: those in one now."""
-        safe = np.where(frames > 0, frames, 0)
-        return (frames > 0) & self.frames.test(safe, PG_lru_batch)
-
     # ------------------------------------------------------------------
     # TLB flushes
     # ------------------------------------------------------------------
