@@ -309,12 +309,17 @@ def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
         return np.full(pages.size, _REUSE, dtype=np.uint8), empty
     frames = vma.pfn[pages]
     zero = frames == ZERO_PFN
-    reuse = np.zeros(pages.size, dtype=bool)
-    anon = ~zero
-    if np.count_nonzero(anon):
-        reuse[anon] = wp_can_reuse_anon_folio(k, frames[anon], vmf.cpu)
-    flags = np.where(reuse, np.uint8(0) if unshare else _REUSE,
-                     np.where(zero, _ZERO_COPY, _COPY)).astype(np.uint8)
+    zeros = np.count_nonzero(zero)
+    if not zeros:  # the common case: no zero page among them
+        reuse = wp_can_reuse_anon_folio(k, frames, vmf.cpu)
+        flags = np.where(reuse, np.uint8(0) if unshare else _REUSE, _COPY).astype(np.uint8)
+    else:
+        reuse = np.zeros(pages.size, dtype=bool)
+        anon = ~zero
+        if zeros < pages.size:
+            reuse[anon] = wp_can_reuse_anon_folio(k, frames[anon], vmf.cpu)
+        flags = np.where(reuse, np.uint8(0) if unshare else _REUSE,
+                         np.where(zero, _ZERO_COPY, _COPY)).astype(np.uint8)
     reused = pages[reuse]
     if reused.size:
         # wp_page_reuse()
@@ -376,14 +381,17 @@ def wp_page_copy(vmf: VmFault, pages: PageIndex) -> FrameArray:
     old_frames = vma.pfn[pages]
     old_pte = vma.pte[pages]
     zero = old_frames == ZERO_PFN
+    zeros = int(np.count_nonzero(zero))
+    shared_old = old_frames[~zero] if zeros else old_frames
     k.counters.add("cow_copies", pages.size)
     if unshare:
         k.counters.add("cow_copies_unshare", pages.size)
     else:
-        k.counters.add("cow_copies_zero_page", int(zero.sum()))
-        by_cause = np.bincount(cause_of(old_pte[~zero]), minlength=8).tolist()
+        k.counters.add("cow_copies_zero_page", zeros)
+        by_cause = np.bincount(cause_of(old_pte[~zero] if zeros else old_pte), minlength=8).tolist()
         for cause, name in _CAUSE_COUNTERS:
-            k.counters.add(name, by_cause[cause])
+            if by_cause[cause]:
+                k.counters.add(name, by_cause[cause])
     flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
     new = k.alloc_pages(int(pages.size), np.uint8(flags), k.frames.content[old_frames])
     k.frames.mapcount[new] = 1
@@ -394,9 +402,7 @@ def wp_page_copy(vmf: VmFault, pages: PageIndex) -> FrameArray:
         vma.pte[pages] = PTE_WRITTEN
     vma.pfn[pages] = new
     k.flush_tlb(vmf.owner.mm, "page", count=int(pages.size), cpu=vmf.cpu)
-    shared_old = old_frames[~zero]
-    k.frames.mapcount[shared_old] -= 1
-    k.put_page(shared_old)
+    k.put_page(shared_old, mapping=True)  # the old page loses this mapping and its reference
     return new
 
 
