@@ -93,6 +93,7 @@ class Simulation:
     _seen: list[int] = field(default_factory=list)
     """The kernel counters as :meth:`call` last saw them, at ``_seen_changes``."""
     _seen_changes: int = -1
+    _peak_frames: int = -1
 
     @property
     def costs(self) -> CostModel:
@@ -154,8 +155,11 @@ class Simulation:
             flush()
 
     def note_memory(self) -> None:
-        self.recorder.gauge_max("memory_peak_bytes",
-                                float(self.kernel.frames.nr_in_use * PAGE_SIZE))
+        """Keep the peak of the physical memory in use (``memory_peak_bytes``)."""
+        in_use = self.kernel.frames.nr_in_use
+        if in_use > self._peak_frames:  # (a gauge of the maximum: only a new peak changes it)
+            self._peak_frames = in_use
+            self.recorder.gauge_max("memory_peak_bytes", float(in_use * PAGE_SIZE))
 
 
 class Observations:
