@@ -242,7 +242,4 @@ RESULT_VIOLATIONS = 100
 
 def _violations(sim: Simulation, kind: str) -> int:
     """How many violations of ``kind`` the kernel reported (all, not only those kept)."""
-    counted = sim.kernel.counters.get(f"violations_{kind}")
-    if counted is not None:
-        return int(counted)
-    return sum(1 for v in sim.kernel.violations if v.kind == kind)
+    return int(sim.kernel.counters[f"violations_{kind}"])

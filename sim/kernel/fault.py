@@ -115,7 +115,7 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
     if pfn.max() < 0:  # every PTE empty (a first touch): no frame to be in a batch
         yield pages
         return
-    frames = decision_frames(k, vma, pages)
+    frames = decision_frames(k, vma, pages, pfn)
     batched = k.frames.flags[np.maximum(frames, 0)] & PG_lru_batch
     sensitive = np.flatnonzero(batched)  # frame 0 (the zero page, and -1 clipped) never is
     if sensitive.size == 0:
@@ -131,9 +131,11 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
         yield pages[start:]
 
 
-def decision_frames(k: Kernel, vma: VMA, pages: PageIndex) -> FrameArray:
-    """The frame each page's fault decision reads: the mapped one, or the swap-cache one."""
-    frames = vma.pfn[pages]
+def decision_frames(k: Kernel, vma: VMA, pages: PageIndex,
+                    pfn: FrameArray | None = None) -> FrameArray:
+    """The frame each page's fault decision reads: the mapped one, or the swap-cache one.
+    ``pfn``: ``vma.pfn[pages]`` when the caller has it already (it is updated in place)."""
+    frames = vma.pfn[pages] if pfn is None else pfn
     swapped = vma.swapped(pages)
     if np.count_nonzero(swapped):
         frames[swapped] = k.swap.cache_frame[frames[swapped]]
