@@ -11,7 +11,9 @@ import pytest
 
 from cowsim.sim.driver import ProgressEvent, build, drive, result, run, simulate
 from cowsim.sim.errors import InvalidInput
-from cowsim.sim.spec import parse_spec
+from cowsim.sim.estimate import WORKLOAD_ESTIMATORS
+from cowsim.sim.spec import json_schema, parse_spec
+from cowsim.sim.workloads import kinds
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "workloads"
 
@@ -150,3 +152,14 @@ def test_a_kernel_error_inside_a_workload_names_the_workload() -> None:
     error = caught.value
     assert error.field.startswith("processes[1].workloads[0]")
     assert "EFAULT" in str(error)
+
+
+def test_every_workload_kind_has_a_starter_an_estimator_and_a_spec_model() -> None:
+    """Adding a workload means a spec model, a registered starter and an estimator: none of
+    the three may be missing."""
+    schema = json_schema()
+    spec_kinds = {definition["properties"]["kind"]["const"]
+                  for definition in schema["$defs"].values()
+                  if "kind" in definition.get("properties", {})}
+    assert set(kinds()) == set(WORKLOAD_ESTIMATORS) == spec_kinds
+    assert len(spec_kinds) >= 4
