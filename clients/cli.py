@@ -31,6 +31,7 @@ from rich.console import Console
 
 from cowsim.clients import render, workload_cli
 from cowsim.clients.output import say
+from cowsim.service import cli as serve_cli
 from cowsim.sim import (
     Generation,
     InvalidInput,
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernels = commands.add_parser("kernels", help="list kernel generations and their rules")
     kernels.add_argument("--json", action="store_true")
     workload_cli.add_commands(commands)
+    serve_cli.add_command(commands)
     return parser
 
 
@@ -172,6 +174,8 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     console = Console()
     if args.command == "kernels":
         return _kernels(args, console)
+    if args.command == "serve":
+        return serve_cli.main(args)
     if args.command in ("run", "compare", "schema"):
         return workload_cli.main(args, console)
     return _scenario_run(args, console)

@@ -1,5 +1,28 @@
-"""cowsim.service — gRPC server, run store, executors and Prometheus exporter.
+"""cowsim.service — the gRPC service: durable, idempotent, cached runs for many clients.
 
-Not built yet: the service issue follows the kernel-model and workload issues
-(see docs/design.md "Service"). It will depend on :mod:`cowsim.sim` only.
+``cowsim serve`` (:mod:`~cowsim.service.cli`) runs a :class:`CowsimServer`:
+the cowsim.v1 API (proto/cowsim/v1/cowsim.proto), health and reflection, on
+grpc.aio.  The modules, from the leaves up:
+
+* :mod:`~cowsim.service.errors` — one status per refusal, with google.rpc details;
+* :mod:`~cowsim.service.limits` — what one server accepts (RESOURCE_EXHAUSTED);
+* :mod:`~cowsim.service.cache` — the result cache key;
+* :mod:`~cowsim.service.observer` — the hook a metrics exporter implements;
+* :mod:`~cowsim.service.store` — runs and results in SQLite;
+* :mod:`~cowsim.service.worker`, :mod:`~cowsim.service.pool` — simulations in
+  spawned worker processes under a memory limit;
+* :mod:`~cowsim.service.runs` — the run manager: submit, queue, run, cancel, watch;
+* :mod:`~cowsim.service.convert`, :mod:`~cowsim.service.api` — the servicer;
+* :mod:`~cowsim.service.auth`, :mod:`~cowsim.service.interceptors` — bearer
+  tokens and per-RPC observation;
+* :mod:`~cowsim.service.server` — the server and :func:`serve`.
+
+It depends on :mod:`cowsim.sim`'s public API and :mod:`cowsim.v1` only.
 """
+
+from cowsim.service.limits import Limits
+from cowsim.service.observer import NullObserver, Observer, RunLabels
+from cowsim.service.server import CowsimServer, ServerConfig, serve
+
+__all__ = ["CowsimServer", "Limits", "NullObserver", "Observer", "RunLabels", "ServerConfig",
+           "serve"]

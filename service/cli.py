@@ -1,0 +1,108 @@
+"""``cowsim serve``: the command-line face of :func:`cowsim.service.server.serve`.
+
+    cowsim serve [--host H] [--port 50051] [--metrics-port 9464] [--data-dir DIR]
+                 [--workers N] [--token-file F] [--tls-cert C --tls-key K]
+                 [--worker-memory BYTES] [--max-queued N] [--max-sim-seconds S]
+                 [--max-frames N] [--max-message-bytes N] [--drain-seconds S]
+
+:func:`add_command` adds the subcommand to the ``cowsim`` parser and :func:`main`
+runs it; options are checked before anything starts (one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from cowsim.service.auth import read_token
+from cowsim.service.limits import Limits
+from cowsim.service.server import ServerConfig, serve
+from cowsim.sim import InvalidInput
+
+__all__ = ["add_command", "config_from_args", "main", "parse_size_bytes"]
+
+_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
+          "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size_bytes(text: str) -> int:
+    """``"4GiB"``, ``"512MiB"``, ``"1073741824"`` → bytes (binary units); ValueError else."""
+    stripped = text.strip().lower()
+    number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = stripped[len(number):]
+    if unit not in _UNITS or not number.strip().isdigit():
+        raise ValueError(f"a size is a whole number with an optional KiB/MiB/GiB/TiB, not {text!r}")
+    return int(number) * _UNITS[unit]
+
+
+def add_command(commands: Any) -> None:
+    serve_parser = commands.add_parser("serve", help="run the gRPC service")
+    defaults = Limits()
+    serve_parser.add_argument("--host", default="[::]", help="address to listen on ([::])")
+    serve_parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free)")
+    serve_parser.add_argument("--metrics-port", type=int, default=9464,
+                              help="Prometheus exporter port")
+    serve_parser.add_argument("--data-dir", type=Path, default=Path("cowsim-data"),
+                              help="where the run store lives")
+    serve_parser.add_argument("--workers", type=int, default=defaults.workers,
+                              help="runs simulated at once (one process each)")
+    serve_parser.add_argument("--token-file", type=Path, help="require this bearer token")
+    serve_parser.add_argument("--tls-cert", type=Path, help="PEM certificate (with --tls-key)")
+    serve_parser.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
+    serve_parser.add_argument("--worker-memory", default=str(defaults.worker_memory_bytes),
+                              help="memory a run may use in its worker (e.g. 4GiB)")
+    serve_parser.add_argument("--max-queued", type=int, default=defaults.max_queued_runs)
+    serve_parser.add_argument("--max-sim-seconds", type=float, default=defaults.max_sim_seconds)
+    serve_parser.add_argument("--max-frames", type=int, default=defaults.max_frames)
+    serve_parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes)
+    serve_parser.add_argument("--drain-seconds", type=float, default=30.0,
+                              help="on SIGTERM, how long running runs may take to finish")
+
+
+def _read(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}", source=option) from None
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The server configuration the options describe; InvalidInput naming the option."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInput("--tls-cert and --tls-key go together", source="--tls-cert")
+    for option, value in (("--port", args.port), ("--metrics-port", args.metrics_port)):
+        if not 0 <= value <= 65535:
+            raise InvalidInput(f"a port is 0 … 65535, not {value}", source=option)
+    try:
+        memory = parse_size_bytes(args.worker_memory)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), source="--worker-memory") from None
+    try:
+        limits = Limits(workers=args.workers, max_queued_runs=args.max_queued,
+                        max_sim_seconds=args.max_sim_seconds, max_frames=args.max_frames,
+                        worker_memory_bytes=memory, max_message_bytes=args.max_message_bytes)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), source="serve") from None
+    token = None
+    if args.token_file is not None:
+        try:
+            token = read_token(args.token_file)
+        except ValueError as exc:
+            raise InvalidInput(str(exc), source="--token-file") from None
+    return ServerConfig(
+        host=args.host, port=args.port, metrics_port=args.metrics_port, data_dir=args.data_dir,
+        limits=limits, token=token,
+        tls_cert=_read(args.tls_cert, "--tls-cert") if args.tls_cert else None,
+        tls_key=_read(args.tls_key, "--tls-key") if args.tls_key else None,
+        drain_seconds=args.drain_seconds)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``cowsim serve`` until SIGTERM/SIGINT; 0 after a clean stop."""
+    config = config_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="cowsim serve: %(message)s")
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,148 @@
+"""The gRPC server: CowsimService, health and reflection on one grpc.aio server.
+
+:class:`CowsimServer` puts the pieces together — the store under the data
+dir (:mod:`~cowsim.service.store`), the run manager and its worker processes
+(:mod:`~cowsim.service.runs`), the servicer (:mod:`~cowsim.service.api`),
+``grpc.health.v1`` and server reflection, the observing and token
+interceptors, and TLS when a certificate and key are given::
+
+    server = CowsimServer(ServerConfig(port=0, data_dir=Path("data")))
+    port = await server.start()          # the port bound (0: an ephemeral one)
+    ...
+    await server.stop()                  # NOT_SERVING, drain, re-queue, exit
+
+:func:`serve` runs one until SIGTERM or SIGINT: health turns NOT_SERVING at
+once, new submissions are refused, running runs get ``drain_seconds`` to
+finish and the rest stay QUEUED in the store (run again at the next start),
+then the gRPC server stops with a short grace for calls in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cowsim.service.api import CowsimServicer
+from cowsim.service.auth import TokenAuthInterceptor
+from cowsim.service.interceptors import ObservingInterceptor
+from cowsim.service.limits import Limits
+from cowsim.service.observer import NullObserver, Observer, SafeObserver
+from cowsim.service.runs import RunManager
+from cowsim.service.store import RunStore
+from cowsim.v1 import cowsim_pb2, cowsim_pb2_grpc
+
+__all__ = ["SERVICE_NAME", "CowsimServer", "ServerConfig", "serve"]
+
+log = logging.getLogger("cowsim.service")
+
+SERVICE_NAME = cowsim_pb2.DESCRIPTOR.services_by_name["CowsimService"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to run a server (``cowsim serve``'s options)."""
+
+    host: str = "[::]"
+    port: int = 50051
+    """0 binds an ephemeral port (:meth:`CowsimServer.start` returns it)."""
+    metrics_port: int | None = 9464
+    """Where the Prometheus exporter listens (served by the observer that exports)."""
+    data_dir: Path = Path("cowsim-data")
+    limits: Limits = field(default_factory=Limits)
+    token: str | None = None
+    """With a token, every RPC but health needs ``authorization: Bearer <token>``."""
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    drain_seconds: float = 30.0
+    """On stop: how long running runs may take to finish before they are re-queued."""
+    cancel_grace_seconds: float = 5.0
+    """After CancelRun: how long a run may take to stop before its worker is killed."""
+
+
+class CowsimServer:
+    """One server (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig, observer: Observer | None = None,
+                 interceptors: Sequence[aio.ServerInterceptor] = ()) -> None:
+        self.config = config
+        self.observer = SafeObserver(observer if observer is not None else NullObserver())
+        self.extra_interceptors = tuple(interceptors)
+        self.store: RunStore | None = None
+        self.manager: RunManager | None = None
+        self.health = health.aio.HealthServicer()
+        self.server: aio.Server | None = None
+        self.port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Open the store, recover queued runs, start workers and listen; the port bound."""
+        config = self.config
+        self.store = RunStore(config.data_dir)
+        self.manager = RunManager(self.store, config.limits, self.observer,
+                                  cancel_grace_seconds=config.cancel_grace_seconds)
+        await self.manager.start()
+        interceptors: list[aio.ServerInterceptor] = [ObservingInterceptor(self.observer)]
+        interceptors.extend(self.extra_interceptors)
+        if config.token is not None:
+            interceptors.append(TokenAuthInterceptor(config.token))
+        size = config.limits.max_message_bytes
+        server = aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", max(size, 64 << 20)),
+        ])
+        cowsim_pb2_grpc.add_CowsimServiceServicer_to_server(CowsimServicer(self.manager), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)])
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self.server = server
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("cowsim serving on %s:%d", config.host, self.port)
+        return self.port
+
+    async def stop(self, drain_seconds: float | None = None) -> None:
+        """NOT_SERVING, drain the runs (re-queue what is left), stop serving."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.manager is not None:
+            await self.manager.drain(self.config.drain_seconds if drain_seconds is None
+                                     else drain_seconds)
+        if self.server is not None:
+            await self.server.stop(grace=2.0)
+        if self.store is not None:
+            self.store.close()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig, observer: Observer | None = None) -> None:
+    """Run a server until SIGTERM or SIGINT, then stop it gracefully."""
+    server = CowsimServer(config, observer)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("cowsim stopping: draining runs")
+    await server.stop()

@@ -1,0 +1,225 @@
+"""The run store: every run and result in SQLite, so a restart loses nothing finished.
+
+One table, ``runs``, one row per run, in the data dir's ``runs.sqlite3``:
+
+* **WAL** journal (readers never block the writer) with ``synchronous=FULL``:
+  a committed transaction survives the process being killed (and a power cut).
+* **Transactional**: every change is one ``with self._db:`` block, so a row is
+  never half-updated — a run is QUEUED, RUNNING or final with its result, never
+  SUCCEEDED without one.
+* **Idempotent**: ``request_id`` is UNIQUE; **cached**: ``cache_key`` is indexed,
+  and :meth:`RunStore.find_cached` returns the oldest SUCCEEDED run whose result
+  was "completed" for a key.
+* **Recoverable**: :meth:`RunStore.recover` turns RUNNING rows (a server that
+  stopped mid-run) back into QUEUED and returns every queued run in submission
+  order, for the server to run again; a run is a pure function of its inputs, so
+  starting it over gives the result it would have given.
+
+The ``seq`` column (autoincrement) orders runs: newest first is ``seq DESC``,
+and a page token is the last ``seq`` seen.  The store is used from the server's
+event loop thread only (one connection; the writes are small).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FINAL_STATES", "STATES", "RunRecord", "RunStore"]
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINAL_STATES = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    request_id TEXT UNIQUE,
+    cache_key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kernel TEXT NOT NULL,
+    kernel_name TEXT NOT NULL,
+    workload TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    spec_text TEXT NOT NULL,
+    source_name TEXT NOT NULL,
+    create_time REAL NOT NULL,
+    start_time REAL,
+    end_time REAL,
+    wall_seconds REAL,
+    sim_seconds REAL NOT NULL DEFAULT 0,
+    sim_seconds_total REAL NOT NULL,
+    events_processed INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    error_message TEXT NOT NULL DEFAULT '',
+    error_field TEXT NOT NULL DEFAULT '',
+    result_status TEXT NOT NULL DEFAULT '',
+    result_json TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_cache_key ON runs (cache_key, state);
+CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
+"""
+
+
+@dataclass
+class RunRecord:
+    """One row of ``runs``."""
+
+    run_id: str
+    cache_key: str
+    name: str
+    kernel: str
+    """The kernel label the result names (``"6.8"``): what ListRuns filters on."""
+    kernel_name: str
+    """The generation name the worker builds with (the plan's)."""
+    workload: str
+    seed: int
+    state: str
+    spec_text: str
+    source_name: str
+    create_time: float
+    sim_seconds_total: float
+    request_id: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    wall_seconds: float | None = None
+    sim_seconds: float = 0.0
+    events_processed: int = 0
+    attempts: int = 0
+    cancel_requested: bool = False
+    error_message: str = ""
+    error_field: str = ""
+    result_status: str = ""
+    result_json: str | None = None
+    seq: int = 0
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+_COLUMNS = tuple(item.name for item in fields(RunRecord))
+
+
+def _record(row: sqlite3.Row) -> RunRecord:
+    values: dict[str, Any] = {name: row[name] for name in _COLUMNS}
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return RunRecord(**values)
+
+
+class RunStore:
+    """Runs in SQLite under ``data_dir`` (created if missing)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "runs.sqlite3"
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)  # idempotent (IF NOT EXISTS); commits by itself
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self) -> Any:
+        """``with self._transaction():`` — BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
+        return _Transaction(self._db)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> RunRecord | None:
+        row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _record(row) if row is not None else None
+
+    def by_request_id(self, request_id: str) -> RunRecord | None:
+        row = self._db.execute("SELECT * FROM runs WHERE request_id = ?", (request_id,)).fetchone()
+        return _record(row) if row is not None else None
+
+    def find_cached(self, cache_key: str) -> RunRecord | None:
+        """The oldest run with this key that completed (a cancelled result is partial)."""
+        row = self._db.execute(
+            "SELECT * FROM runs WHERE cache_key = ? AND state = ? AND result_status = 'completed' "
+            "ORDER BY seq LIMIT 1", (cache_key, SUCCEEDED)).fetchone()
+        return _record(row) if row is not None else None
+
+    def list_runs(self, *, state: str | None = None, kernel: str | None = None, name: str | None = None,
+             before_seq: int | None = None, limit: int = 50) -> list[RunRecord]:
+        """Runs newest first, filtered, older than ``before_seq`` (a page token)."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("state", state), ("kernel", kernel), ("name", name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db.execute(sql + " ORDER BY seq DESC LIMIT ?", (*args, limit)).fetchall()
+        return [_record(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """How many runs are in each state."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()
+        counts = dict.fromkeys(STATES, 0)
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    def all(self) -> Iterator[RunRecord]:
+        for row in self._db.execute("SELECT * FROM runs ORDER BY seq"):
+            yield _record(row)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def insert(self, record: RunRecord) -> RunRecord:
+        """Store a new run; raises sqlite3.IntegrityError if its run or request id exists."""
+        values = {name: getattr(record, name) for name in _COLUMNS if name != "seq"}
+        with self._transaction():
+            cursor = self._db.execute(
+                f"INSERT INTO runs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()))
+        record.seq = int(cursor.lastrowid or 0)
+        return record
+
+    def update(self, run_id: str, **changes: Any) -> RunRecord:
+        """Change columns of one run in one transaction; the run as it now is."""
+        unknown = set(changes) - set(_COLUMNS)
+        if unknown or "seq" in changes or "run_id" in changes:
+            raise ValueError(f"cannot update {sorted(unknown) or ['seq/run_id']}")
+        with self._transaction():
+            self._db.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in changes)} "
+                             "WHERE run_id = ?", (*changes.values(), run_id))
+        record = self.get(run_id)
+        if record is None:
+            raise KeyError(run_id)
+        return record
+
+    def recover(self) -> list[RunRecord]:
+        """After a restart: runs that were RUNNING are QUEUED again (or CANCELLED if their
+        cancellation had been asked for); every QUEUED run, in submission order."""
+        with self._transaction():
+            self._db.execute("UPDATE runs SET state = ?, end_time = ? WHERE state = ? "
+                             "AND cancel_requested = 1", (CANCELLED, time.time(), RUNNING))
+            self._db.execute("UPDATE runs SET state = ? WHERE state = ?", (QUEUED, RUNNING))
+        rows = self._db.execute("SELECT * FROM runs WHERE state = ? ORDER BY seq", (QUEUED,))
+        return [_record(row) for row in rows.fetchall()]
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
