@@ -12,6 +12,7 @@ starts is ended by its pid before the test returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -124,10 +125,8 @@ def _wait_gone(pids: list[int], seconds: float = 30.0) -> None:
                 break
             time.sleep(0.1)
         if Path(f"/proc/{pid}").exists():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture
