@@ -91,6 +91,8 @@ _RW = Pte.RW.u16
 _DIRTY = Pte.DIRTY.u16
 _SWAP = Pte.SWAP.u16
 _UFFD_WP = Pte.UFFD_WP.u16
+_SWAP_OR_UFFD_WP = (Pte.SWAP | Pte.UFFD_WP).u16
+_BATCH_OR_SWAPCACHE = np.uint8(PG_lru_batch | PG_swapcache)
 _ANONYMOUS = FaultFlags.ANONYMOUS.u8
 _ZERO_READ = (FaultFlags.ANONYMOUS | FaultFlags.ZERO_PAGE).u8
 _SHMEM = FaultFlags.SHMEM.u8
@@ -156,12 +158,21 @@ def fault_in_writable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu
         if store and not common & _DIRTY:
             vma.pte[pages] = pte | _DIRTY
         return FaultReport(pages)
-    vmf = VmFault(k, owner, vma, cpu, write=True)
+    # Only the pages without a writable PTE fault (only present PTEs carry RW); the
+    # writable ones change nothing, so they neither join nor split the runs.
+    needs_fault = (pte & _RW) == 0
+    nr_faulting = np.count_nonzero(needs_fault)
     flags = np.zeros(pages.size, dtype=np.uint8)
+    faulting, faulting_flags = pages, flags
+    if nr_faulting < pages.size:
+        faulting, faulting_flags = pages[needs_fault], np.zeros(nr_faulting, dtype=np.uint8)
+    vmf = VmFault(k, owner, vma, cpu, write=True)
     offset = 0
-    for run in split_runs(k, vma, pages):
-        handle_pte_fault(vmf, run, flags[offset : offset + run.size])
+    for run in split_runs(k, vma, faulting):
+        handle_pte_fault(vmf, run, faulting_flags[offset : offset + run.size])
         offset += run.size
+    if faulting_flags is not flags:
+        flags[needs_fault] = faulting_flags
     if store:
         mark_written(vma, pages)
     return FaultReport(pages, flags)
@@ -184,10 +195,12 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
     k, vma, write = vmf.k, vmf.vma, vmf.write
     new_frames: list[tuple[PageIndex, FrameArray]] = []
     pfn, pte = vma.pfn[pages], vma.pte[pages]
-    if write and pfn.min() >= 0 and pte.max() < _SWAP and not np.bitwise_or.reduce(pte) & _UFFD_WP:
+    if write and not np.bitwise_or.reduce(pte) & _SWAP_OR_UFFD_WP and pfn.min() >= 0:
         # The common write fault: every PTE present, none a swap entry or uffd-protected,
         # so only write-protect faults remain (the same steps as below, read once).
-        _wp_faults(vmf, pages, (pte & _RW) == 0, None, flags, new_frames)
+        read_only = (pte & _RW) == 0
+        _wp_faults(vmf, pages, None if np.count_nonzero(read_only) == pages.size else read_only,
+                   None, flags, new_frames)
         _batch_in_page_order(k, new_frames, vmf.cpu)
         return
     none = pfn < 0
@@ -227,11 +240,19 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
     _batch_in_page_order(k, new_frames, vmf.cpu)
 
 
-def _wp_faults(vmf: VmFault, pages: PageIndex, read_only: npt.NDArray[np.bool_],
+def _wp_faults(vmf: VmFault, pages: PageIndex, read_only: npt.NDArray[np.bool_] | None,
                inline: npt.NDArray[np.bool_] | None, flags: FlagArray,
                new_frames: list[tuple[PageIndex, FrameArray]]) -> None:
-    """The write-protect faults of a run: do_wp_page on its ``read_only`` pages.  ``inline``
-    marks pages whose do_wp_page is part of their swap fault (not counted again)."""
+    """The write-protect faults of a run: do_wp_page on its ``read_only`` pages (None: every
+    page of the run).  ``inline`` marks pages whose do_wp_page is part of their swap fault
+    (not counted again)."""
+    if read_only is None:
+        vmf.k.counters.fault("wp", pages.size)
+        ro_flags, copied = do_wp_page(vmf, pages)
+        flags |= ro_flags
+        new_frames.append((pages if copied.size == pages.size else pages[(ro_flags & _COPY) != 0],
+                           copied))
+        return
     if not np.count_nonzero(read_only):
         return
     wp = read_only if inline is None else read_only & ~inline
@@ -266,9 +287,7 @@ def do_anonymous_page(vmf: VmFault, pages: PageIndex) -> FrameArray:
         vma.pte[pages] = 0
         return np.zeros(0, dtype=np.int32)
     flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
-    frames = k.alloc_pages(int(pages.size), np.uint8(flags))
-    k.frames.mapcount[frames] = 1
-    k.frames.refcount[frames] = 1
+    frames = k.alloc_pages(int(pages.size), np.uint8(flags), mapped=True)
     vma.pfn[pages] = frames
     vma.pte[pages] = PTE_WRITTEN
     return frames
@@ -297,13 +316,17 @@ def shmem_fault(vmf: VmFault, pages: PageIndex) -> None:
     vma.pte[pages] = np.uint16(bits)
 
 
+_NO_FRAMES: FrameArray = np.zeros(0, dtype=np.int32)
+_NO_FRAMES.flags.writeable = False
+
+
 def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
     """do_wp_page(): write-protect (or, with ``vmf.unshare``, unshare) fault on present
     read-only PTEs.  Returns each page's flags (WP_REUSE, COW_COPY, ZERO_PAGE; an unshare
     that keeps the page: none) and the new frames of the copied pages, in page order,
     which the caller queues on the LRU-add batch."""
     k, vma, unshare = vmf.k, vmf.vma, vmf.unshare
-    empty = np.zeros(0, dtype=np.int32)
+    empty = _NO_FRAMES
     if vma.shared:
         # wp_page_shared(): no COW in a shared mapping, just make the PTE writable.
         vma.pte[pages] = (vma.pte[pages] & ~WP_CAUSE_MASK) | PTE_WRITTEN
@@ -314,7 +337,8 @@ def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
     zeros = np.count_nonzero(zero)
     if not zeros:  # the common case: no zero page among them
         reuse = wp_can_reuse_anon_folio(k, frames, vmf.cpu)
-        flags = np.where(reuse, np.uint8(0) if unshare else _REUSE, _COPY).astype(np.uint8)
+        flags = np.where(reuse, np.uint8(0) if unshare else _REUSE, _COPY).astype(np.uint8,
+                                                                                 copy=False)
     else:
         reuse = np.zeros(pages.size, dtype=bool)
         anon = ~zero
@@ -322,18 +346,19 @@ def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
             reuse[anon] = wp_can_reuse_anon_folio(k, frames[anon], vmf.cpu)
         flags = np.where(reuse, np.uint8(0) if unshare else _REUSE,
                          np.where(zero, _ZERO_COPY, _COPY)).astype(np.uint8)
-    reused = pages[reuse]
-    if reused.size:
+    nr_reused = int(np.count_nonzero(reuse))
+    if nr_reused:
         # wp_page_reuse()
+        every = nr_reused == pages.size
+        reused = pages if every else pages[reuse]
         if k.gen.anon_exclusive:
-            k.frames.set(frames[reuse], PG_anon_exclusive)
+            k.frames.set(frames if every else frames[reuse], PG_anon_exclusive)
         if not unshare:
             vma.pte[reused] = (vma.pte[reused] & ~WP_CAUSE_MASK) | PTE_WRITTEN
-            k.counters.add("wp_reuses", reused.size)
-    copy = ~reuse
-    if not np.count_nonzero(copy):
+            k.counters.add("wp_reuses", nr_reused)
+    if nr_reused == pages.size:
         return flags, empty
-    return flags, wp_page_copy(vmf, pages[copy])
+    return flags, wp_page_copy(vmf, pages[~reuse] if nr_reused else pages)
 
 
 def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDArray[np.bool_]:
@@ -348,10 +373,13 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDAr
     rule = k.gen.wp_reuse
     if rule is WpReuse.MAPCOUNT:
         in_cache = pg.test(frames, PG_swapcache)
+        reuse: npt.NDArray[np.bool_]
+        if not np.count_nonzero(in_cache):  # no swap count to add, nothing to delete
+            reuse = pg.mapcount[frames] <= 1
+            return reuse
         swapcount = np.zeros(frames.size, dtype=np.int64)
-        if np.count_nonzero(in_cache):
-            swapcount[in_cache] = k.swap.count[pg.ensure_swap_slots()[frames[in_cache]]]
-        reuse: npt.NDArray[np.bool_] = (pg.mapcount[frames] + swapcount) <= 1
+        swapcount[in_cache] = k.swap.count[pg.ensure_swap_slots()[frames[in_cache]]]
+        reuse = (pg.mapcount[frames] + swapcount) <= 1
         swap.delete_from_swap_cache(k, frames[reuse & in_cache])
         return reuse
     if rule is WpReuse.PAGE_COUNT:
@@ -360,6 +388,13 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDAr
     # PAGE_COUNT_DRAIN (5.18+), after the PageAnonExclusive shortcut (5.19+).  Flags and
     # refcounts are read once, and again only after a step that changes them.
     page_flags, refcount = pg.flags[frames], pg.refcount[frames]
+    if not np.bitwise_or.reduce(page_flags) & _BATCH_OR_SWAPCACHE:
+        # No page in an LRU-add batch or the swap cache: nothing to drain or free, and
+        # the steps below reduce to this.
+        sole_reference: npt.NDArray[np.bool_] = refcount == 1
+        if k.gen.anon_exclusive:
+            sole_reference |= (page_flags & PG_anon_exclusive) != 0
+        return sole_reference
     exclusive = (page_flags & PG_anon_exclusive) != 0
     reuse = exclusive if k.gen.anon_exclusive else np.zeros(frames.size, dtype=bool)
     todo = ~reuse & (refcount <= 3)
@@ -395,9 +430,8 @@ def wp_page_copy(vmf: VmFault, pages: PageIndex) -> FrameArray:
             if by_cause[cause]:
                 k.counters.add(name, by_cause[cause])
     flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
-    new = k.alloc_pages(int(pages.size), np.uint8(flags), k.frames.content[old_frames])
-    k.frames.mapcount[new] = 1
-    k.frames.refcount[new] = 1
+    new = k.alloc_pages(int(pages.size), np.uint8(flags), k.frames.content[old_frames],
+                        mapped=True)
     if unshare:
         vma.pte[pages] = with_cause(old_pte & (Pte.SOFT_DIRTY | Pte.UFFD_WP).u16, WpCause.UNSHARE)
     else:

@@ -163,9 +163,7 @@ def copy_present_page(k: Kernel, src: VMA, dst: VMA, pages: PageIndex, cpu: int)
     frames = k.frames
     old = src.pfn[pages]
     flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
-    new = k.alloc_pages(int(pages.size), np.uint8(flags), frames.content[old])
-    frames.mapcount[new] = 1
-    frames.refcount[new] = 1
+    new = k.alloc_pages(int(pages.size), np.uint8(flags), frames.content[old], mapped=True)
     dst.pfn[pages] = new
     child_bits = Pte.DIRTY | Pte.SOFT_DIRTY | (Pte.RW if dst.writable else 0)
     child_pte = (src.pte[pages] & Pte.SOFT_DIRTY.u16) | child_bits.u16

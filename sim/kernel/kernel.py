@@ -30,6 +30,7 @@ from cowsim.sim.kernel.lru import LruAddBatches
 from cowsim.sim.kernel.mm import MM, VMA, Process, Prot
 from cowsim.sim.kernel.oracles import ReportedKeys, Violation
 from cowsim.sim.kernel.pages import (
+    RUNS_MIN_FRAMES,
     ZERO_PFN,
     FrameArray,
     FrameSet,
@@ -57,9 +58,13 @@ def _no_zero(frames: FrameArray) -> FrameArray:
     return nonzero
 
 
-@dataclass(frozen=True)
+_FLUSH_COUNTERS = {kind: f"tlb_flushes_{kind}" for kind in ("page", "range", "mm")}
+
+
+@dataclass(slots=True)
 class TlbFlush:
-    """One TLB flush the model asked for: on which mm, how wide, from which CPU."""
+    """One TLB flush the model asked for: on which mm, how wide, from which CPU.  (Not
+    frozen: a frozen dataclass costs a microsecond more per flush, one per COW fault.)"""
 
     mm: MM
     kind: str  # "page" | "range" | "mm"
@@ -138,6 +143,12 @@ class Kernel:
     def get_page(self, frames: FrameArray | FrameSet, amount: int = 1, *,
                  mapping: bool = False) -> None:
         """Take references (frames unique, no zero page); with ``mapping`` also a mapcount."""
+        if not isinstance(frames, FrameSet) and frames.size < RUNS_MIN_FRAMES:
+            few = _no_zero(frames)  # few frames: plain fancy indexing is the fastest
+            self.frames.refcount[few] += amount
+            if mapping:
+                self.frames.mapcount[few] += 1
+            return
         batch = frames if isinstance(frames, FrameSet) else FrameSet(_no_zero(frames))
         batch.add(self.frames.refcount, amount)
         if mapping:
@@ -149,19 +160,28 @@ class Kernel:
         frames = _no_zero(frames)
         if frames.size == 0:
             return
-        batch = FrameSet(frames)
-        batch.add(self.frames.refcount, -amount)
-        if mapping:
-            batch.add(self.frames.mapcount, -1)
-        dead = frames[batch.gather(self.frames.refcount) == 0]
+        if frames.size < RUNS_MIN_FRAMES:  # few frames: plain fancy indexing is the fastest
+            remaining = self.frames.refcount[frames] - amount
+            self.frames.refcount[frames] = remaining
+            if mapping:
+                self.frames.mapcount[frames] -= 1
+        else:
+            batch = FrameSet(frames)
+            batch.add(self.frames.refcount, -amount)
+            if mapping:
+                batch.add(self.frames.mapcount, -1)
+            remaining = batch.gather(self.frames.refcount)
+        dead = frames[remaining == 0]
         if dead.size and self.reported.tracks_frames:
             self.reported.forget_frames(dead)
         if dead.size:
             self.frames.free(dead)
             self.counters.add("pages_freed", dead.size)
 
-    def alloc_pages(self, count: int, flags: np.uint8, content: npt.ArrayLike = 0) -> FrameArray:
-        frames = self.frames.alloc(count, flags, content)
+    def alloc_pages(self, count: int, flags: np.uint8, content: npt.ArrayLike = 0, *,
+                    mapped: bool = False) -> FrameArray:
+        """Allocate frames (``mapped``: with their first mapping and its reference)."""
+        frames = self.frames.alloc(count, flags, content, mapped=mapped)
         self.counters.add("pages_allocated", count)
         return frames
 
@@ -195,9 +215,9 @@ class Kernel:
         IPIs they need."""
         if count <= 0:
             return
-        remote = len(mm.cpus - {cpu})
+        remote = len(mm.cpus) - (cpu in mm.cpus)  # the mask less the flushing CPU
         self.counters.add("tlb_flushes", count)
-        self.counters.add(f"tlb_flushes_{kind}", count)
+        self.counters.add(_FLUSH_COUNTERS[kind], count)
         self.counters.add("tlb_flush_ipis", count * remote)
         if self.on_tlb_flush is not None:
             self.on_tlb_flush(TlbFlush(mm, kind, count, pages, cpu, remote))

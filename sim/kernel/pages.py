@@ -267,8 +267,11 @@ class PageFrames:
         return self.swap_slot
 
     # -- allocation -------------------------------------------------------
-    def alloc(self, count: int, flags: np.uint8, content: npt.ArrayLike = 0) -> FrameArray:
-        """Allocate ``count`` frames with refcount 0, mapcount 0, the given flags and content."""
+    def alloc(self, count: int, flags: np.uint8, content: npt.ArrayLike = 0, *,
+              mapped: bool = False) -> FrameArray:
+        """Allocate ``count`` frames with the given flags and content, and refcount 0 and
+        mapcount 0 — or, ``mapped``, 1 and 1: the one mapping (and its reference) of a page
+        just faulted in or copied."""
         if count <= 0:
             return np.zeros(0, dtype=np.int32)
         from_free = min(count, self._nr_free)
@@ -283,17 +286,18 @@ class PageFrames:
             parts.append(np.arange(self.nr_used, self.nr_used + fresh, dtype=np.int32))
             self.nr_used += fresh
         frames = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        initial = 1 if mapped else 0
         if not from_free:
             # Only never-used frames: one slice, however many.
             start, stop = self.nr_used - fresh, self.nr_used
-            self.refcount[start:stop] = 0
-            self.mapcount[start:stop] = 0
+            self.refcount[start:stop] = initial
+            self.mapcount[start:stop] = initial
             self.flags[start:stop] = flags
             self.content[start:stop] = content
         else:
             batch = FrameSet(frames)
-            batch.assign(self.refcount, 0)
-            batch.assign(self.mapcount, 0)
+            batch.assign(self.refcount, initial)
+            batch.assign(self.mapcount, initial)
             batch.assign(self.flags, flags)
             batch.assign(self.content, content)
         self.allocated_total += count

@@ -121,7 +121,11 @@ class Machine:
         full = flush.kind == "mm" or (
             flush.kind == "range" and flush.pages > costs.full_flush_ceiling_pages
         )
-        remote = sorted(c for c in flush.mm.cpus if c != cpu and c < self.ncpus)
+        cpus = flush.mm.cpus
+        if len(cpus) == 1 and cpu in cpus:
+            remote: list[int] = []  # a single-CPU mm: nobody else to interrupt
+        else:
+            remote = sorted(c for c in cpus if c != cpu and c < self.ncpus)
         sender_ns = costs.shootdown_ns(len(remote)) if remote else 0.0
         self.counters.tlb_flushes_local += flush.count
         if remote:
