@@ -20,12 +20,13 @@ from collections.abc import Generator
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cowsim.sim.engine import PAGE_SIZE, Simulation
 from cowsim.sim.kernel.mm import VMA, Pte
-from cowsim.sim.kernel.pages import ZERO_PFN
+from cowsim.sim.kernel.pages import ZERO_PFN, FrameArray
 
-__all__ = ["MAPPING_COUNTERS", "sampler", "shared_and_exclusive"]
+__all__ = ["MAPPING_COUNTERS", "count_multiply_mapped", "sampler", "shared_and_exclusive"]
 
 MAPPING_COUNTERS = ("faults_anonymous", "faults_shmem", "faults_swap", "cow_copies",
                     "pages_allocated", "pages_freed", "swap_outs", "tlb_flushes")
@@ -34,6 +35,34 @@ mapcount changes: a fault that maps a page (anonymous, shmem, swap-in), a copy, 
 allocation or a free, a swap-out, and every operation that flushes a TLB (fork, munmap,
 exit, mprotect, a copy).  A write fault that reuses its page, a resolved userfault or an
 unshare that only marks the page exclusive moves none of them, and changes no sample."""
+
+
+CHUNK_PAGES = 1 << 20
+"""Pages counted per pass of :func:`count_multiply_mapped` (its temporaries stay in cache)."""
+_OFFSETS = np.arange(CHUNK_PAGES, dtype=np.int32)
+
+
+def count_multiply_mapped(mapcount: npt.NDArray[np.int32], frames: FrameArray,
+                          chunk_pages: int = CHUNK_PAGES) -> int:
+    """How many of ``frames`` have a mapcount above one.
+
+    A gather reads ~5 ns per element, a slice far less.  A region populated at once
+    maps consecutive frames (its first frame + page offset), and most of its pages keep
+    them, so each chunk reads the mapcount of the frames still in that order as one
+    slice and gathers only the others.  Exact for any frames, fastest for those.
+    """
+    shared = 0
+    base = int(frames[0]) if frames.size else 0
+    offsets = _OFFSETS if chunk_pages == CHUNK_PAGES else np.arange(chunk_pages, dtype=np.int32)
+    for start in range(0, frames.size, chunk_pages):
+        chunk = frames[start : start + chunk_pages]
+        first = base + start
+        if first + chunk.size <= mapcount.size:
+            in_order = chunk == offsets[: chunk.size] + np.int32(first)
+            shared += int(np.count_nonzero((mapcount[first : first + chunk.size] > 1) & in_order))
+            chunk = chunk[~in_order]
+        shared += int(np.count_nonzero(mapcount[chunk] > 1))
+    return shared
 
 
 def shared_and_exclusive(sim: Simulation, vma: VMA) -> tuple[int, int]:
@@ -45,7 +74,7 @@ def shared_and_exclusive(sim: Simulation, vma: VMA) -> tuple[int, int]:
         mapped = pfn  # the common case, two reductions: every page resident, no zero page
     else:
         mapped = vma.mapped_frames()
-    shared = int(np.count_nonzero(frames.mapcount[mapped] > 1))
+    shared = count_multiply_mapped(frames.mapcount, mapped)
     return shared, int(mapped.size) - shared
 
 
