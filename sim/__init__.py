@@ -59,6 +59,7 @@ from cowsim.sim.kernel.generations import (
     generations_for,
     kernel_choices,
 )
+from cowsim.sim.live import BOUNDS_SECONDS, HistogramDelta
 from cowsim.sim.plan import RunPlan, check_seed, plan_run
 from cowsim.sim.scenario import Scenario, ScenarioResult, load_scenario, parse_scenario, run_scenario
 from cowsim.sim.scenario.runner import SUMMARY_COUNTERS
@@ -71,6 +72,7 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
     __version__ = "0+unknown"
 
 __all__ = [
+    "BOUNDS_SECONDS",
     "ERAS",
     "NEWEST_KNOWN_VERSION",
     "SUMMARY_COUNTERS",
@@ -83,6 +85,7 @@ __all__ = [
     "FaultFlags",
     "FaultReport",
     "Generation",
+    "HistogramDelta",
     "InvalidInput",
     "Kernel",
     "KernelOpError",

@@ -44,6 +44,7 @@ from cowsim.sim.engine import PAGE_SIZE, CountingEnvironment, ProcState, Simulat
 from cowsim.sim.errors import InvalidInput
 from cowsim.sim.kernel import Kernel, generation_for
 from cowsim.sim.kernel.counters import COW_CAUSES, FAULT_TYPES
+from cowsim.sim.live import HistogramDelta, LiveHistograms
 from cowsim.sim.machine.costs import cost_model
 from cowsim.sim.machine.machine import Machine
 from cowsim.sim.machine.pricing import Pricing
@@ -75,6 +76,10 @@ class ProgressEvent:
     """Kernel counters (``cow_copies``, ``page_faults`` …) and machine counters
     (``tlb_shootdowns``, ``tlb_ipis``, ``tlb_misses``) that changed since the previous
     event, by how much."""
+    histograms: dict[str, HistogramDelta] = field(default_factory=dict)
+    """Histogram observations since the previous event (``request_latency_seconds``,
+    ``fault_latency_seconds``, ``fork_pause_seconds`` …), in the buckets of
+    :data:`~cowsim.sim.live.BOUNDS_SECONDS`; a histogram with none is left out."""
 
     @property
     def fraction(self) -> float:
@@ -160,6 +165,8 @@ def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel |
     duration = sim.spec.duration
     slices = _slices(duration)
     last = _counters(sim) if progress is not None else {}
+    if progress is not None:
+        sim.live = LiveHistograms()
     for index in range(1, slices + 1):
         sim.env.run(until=duration * index / slices)
         if sim.failure is not None:
@@ -168,7 +175,9 @@ def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel |
             now = _counters(sim)
             delta = {name: value - last[name] for name, value in now.items() if value != last[name]}
             last = now
-            progress(ProgressEvent(sim.env.now, duration, sim.env.events_processed, delta))
+            assert sim.live is not None
+            progress(ProgressEvent(sim.env.now, duration, sim.env.events_processed, delta,
+                                   sim.live.take()))
         if cancel is not None and index < slices and cancel():
             sim.cancelled = True
             break

@@ -31,6 +31,7 @@ import numpy.typing as npt
 import simpy
 
 from cowsim.sim.kernel import Kernel
+from cowsim.sim.live import LiveHistograms
 from cowsim.sim.machine.costs import CostModel
 from cowsim.sim.machine.machine import Machine
 from cowsim.sim.machine.pricing import Pricing
@@ -89,6 +90,8 @@ class Simulation:
     writes); False runs the plain path, which must give the same result."""
     flushers: list[Callable[[], None]] = field(default_factory=list)
     """What workloads keep back to record in batches; :meth:`flush` records it."""
+    live: LiveHistograms | None = None
+    """Set while someone listens to progress: every observation is also handed to it."""
     _streams: int = 0
     _seen: list[int] = field(default_factory=list)
     """The kernel counters as :meth:`call` last saw them, at ``_seen_changes``."""
@@ -125,6 +128,12 @@ class Simulation:
             self.recorder.count_many(delta, process=proc)
         return result, delta
 
+    def observe(self, name: str, values: float | npt.NDArray[np.float64], *, process: str) -> None:
+        """Record histogram observations (simulated seconds) for ``process``."""
+        self.recorder.observe(name, values, process=process)
+        if self.live is not None:
+            self.live.add(name, values)
+
     def fork(self, parent: str, child: str, cpu: int) -> float:
         """fork() by a thread of ``parent`` on ``cpu``: the pause in seconds (recorded).
 
@@ -136,7 +145,7 @@ class Simulation:
         with self.machine.bill(cpu) as bill:
             _result, delta = self.call(parent, self.kernel.fork, parent, child, cpu=cpu)
         pause = self.pricing.fork_ns(ptes, delta, bill.ns) * NS
-        self.recorder.observe("fork_pause_seconds", pause, process=parent)
+        self.observe("fork_pause_seconds", pause, process=parent)
         self.recorder.count("forks", process=parent)
         state = self.procs[parent]
         state.mmap_locked_until = max(state.mmap_locked_until, self.env.now + pause)
@@ -171,12 +180,15 @@ class Observations:
     """Values kept back at most."""
 
     def __init__(self, sim: Simulation, name: str, proc: str) -> None:
-        self.recorder, self.name, self.proc = sim.recorder, name, proc
+        self.sim, self.recorder, self.name, self.proc = sim, sim.recorder, name, proc
         self.batches: list[npt.NDArray[np.float64]] = []
         self.size = 0
         sim.flushers.append(self.flush)
 
     def add(self, values: npt.NDArray[np.float64]) -> None:
+        """Values (kept, not copied: the caller must not change them) to record later."""
+        if self.sim.live is not None:
+            self.sim.live.add(self.name, values)
         self.batches.append(values)
         self.size += values.size
         if self.size >= self.LIMIT:

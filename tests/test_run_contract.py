@@ -12,6 +12,7 @@ import pytest
 from cowsim.sim.driver import ProgressEvent, build, drive, result, run, simulate
 from cowsim.sim.errors import InvalidInput
 from cowsim.sim.estimate import WORKLOAD_ESTIMATORS
+from cowsim.sim.live import BOUNDS_SECONDS
 from cowsim.sim.spec import json_schema, parse_spec
 from cowsim.sim.workloads import kinds
 
@@ -69,6 +70,34 @@ def test_progress_deltas_sum_to_the_final_counters() -> None:
     assert totals.get("tlb_ipis", 0) == machine.tlb_ipis
     assert totals["tlb_misses"] == pytest.approx(machine.tlb_misses)
     assert set(totals) - set(kernel_counters) <= {"tlb_shootdowns", "tlb_ipis", "tlb_misses"}
+
+
+def test_live_histogram_deltas_add_up_to_the_recorded_histograms() -> None:
+    spec = parse_spec(SPEC)
+    events: list[ProgressEvent] = []
+    sim, _wall = simulate(spec, kernel="6.8", progress=events.append)
+    outcome = result(sim, wall_seconds=None)
+    counts: dict[str, int] = {}
+    sums: dict[str, float] = {}
+    buckets: dict[str, np.ndarray] = {}
+    for event in events:
+        for name, delta in event.histograms.items():
+            assert len(delta.bucket_counts) == len(BOUNDS_SECONDS) + 1
+            assert sum(delta.bucket_counts) == delta.count > 0
+            assert delta.cumulative()[-1] == delta.count
+            counts[name] = counts.get(name, 0) + delta.count
+            sums[name] = sums.get(name, 0.0) + delta.sum_seconds
+            buckets[name] = buckets.get(name, 0) + np.array(delta.bucket_counts)
+    recorded = outcome["metrics"]["histograms"]
+    with_buckets = sim.recorder.to_dict(include_buckets=True)["histograms"]
+    assert {"request_latency_seconds", "fault_latency_seconds", "fork_pause_seconds",
+            "io_latency_seconds", "checkpoint_duration_seconds"} <= set(counts)
+    for name, summary in recorded.items():
+        assert counts.get(name, 0) == summary["count"], name
+        assert sums[name] == pytest.approx(summary["sum"], rel=1e-6), name
+        # the live buckets are the recorder's own Prometheus buckets (exact at this size)
+        assert np.cumsum(buckets[name]).tolist() == \
+            [*with_buckets[name]["buckets"]["cumulative_counts"], summary["count"]], name
 
 
 def test_same_spec_and_seed_are_byte_identical_with_or_without_listeners() -> None:

@@ -45,7 +45,7 @@ def run(sim: Simulation, proc: str, spec: Checkpointer) -> Generator[Any, Any, N
         clear_s = pricing.clear_refs_ns(ptes, bill.ns) * NS
         if sim.kernel.gen.clear_refs_write_lock:
             target.mmap_locked_until = max(target.mmap_locked_until, now + clear_s)
-        sim.recorder.observe("checkpoint_duration_seconds", clear_s + scan_s + copy_s, process=proc)
+        sim.observe("checkpoint_duration_seconds", clear_s + scan_s + copy_s, process=proc)
         sim.recorder.count("checkpoints", process=proc)
         sim.recorder.count("checkpoint_dirty_pages", dirty, process=proc)
         sim.kernel.end_step()

@@ -110,7 +110,7 @@ class _DirectIO:
         if np.count_nonzero(seen != value):
             sim.recorder.count("dma_lost_writes", process=self.proc)
         sim.recorder.count("io_completed", process=self.proc)
-        sim.recorder.observe("io_latency_seconds", now - self.issue_time.pop(io), process=self.proc)
+        sim.observe("io_latency_seconds", now - self.issue_time.pop(io), process=self.proc)
 
     # -- pinned ------------------------------------------------------------------------
     def transfers(self, count: int) -> None:

@@ -46,6 +46,6 @@ def run(sim: Simulation, proc: str, spec: Tracker) -> Generator[Any, Any, None]:
             sim.call(spec.target, sim.kernel.uffd_wp, spec.target, target.region, None, False,
                      cpu=cpu)
         sim.kernel.end_step()
-        sim.recorder.observe("snapshot_duration_seconds", sim.env.now - started, process=proc)
+        sim.observe("snapshot_duration_seconds", sim.env.now - started, process=proc)
         sim.recorder.count("snapshots", process=proc)
         yield sim.env.timeout(max(0.0, spec.interval - (sim.env.now - started)))
