@@ -47,7 +47,11 @@ class HistogramDelta:
 
     def cumulative(self) -> list[int]:
         """The counts as Prometheus ``_bucket{le=…}`` values (cumulative; the last is +Inf)."""
-        return np.cumsum(self.bucket_counts).tolist()
+        running, out = 0, []
+        for count in self.bucket_counts:
+            running += count
+            out.append(running)
+        return out
 
 
 class LiveHistograms:
