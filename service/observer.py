@@ -15,17 +15,20 @@ by its id or name::
 
 The calls come from the server's event loop and must return quickly; an
 observer that raises is logged and otherwise ignored (:class:`SafeObserver`),
-so metrics never break a run.
+so metrics never break a run.  :class:`ObserverGroup` tells several observers
+(the server's Prometheus exporter and one passed in, say).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["NullObserver", "Observer", "RunLabels", "SafeObserver"]
+from cowsim.sim import HistogramDelta
+
+__all__ = ["NullObserver", "Observer", "ObserverGroup", "RunLabels", "SafeObserver"]
 
 log = logging.getLogger("cowsim.service")
 
@@ -47,7 +50,19 @@ class Observer(Protocol):
         """A run made progress: the kernel and machine counters that changed since its
         previous report, by how much (``cow_copies``, ``cow_copies_fork``, ``page_faults``,
         ``faults_wp``, ``violations_leak``, ``tlb_shootdowns`` …, the names of the run
-        contract).  The deltas of a run sum to its final counters."""
+        contract).  The deltas of a run sum to its final counters.  Beside the kernel's,
+        ``dma_lost_writes`` and ``stale_pin_reads`` (what the workloads saw go wrong, the
+        result's ``dma_lost_writes_total`` and ``stale_pin_reads_total``) arrive too: as
+        the run goes when the library reports them, else in one last delta when the run
+        ends (:mod:`cowsim.service.worker`)."""
+
+    def run_observations(self, labels: RunLabels, histograms: Mapping[str, HistogramDelta]
+                         ) -> None:
+        """A run's histograms got observations since its previous report, by histogram
+        name (``request_latency_seconds``, ``fault_latency_seconds``,
+        ``fork_pause_seconds``, ``checkpoint_duration_seconds``, ``io_latency_seconds`` …,
+        simulated seconds), bucketed over :data:`cowsim.sim.BOUNDS_SECONDS` then +Inf.
+        The deltas of a run sum to its result's histogram counts."""
 
     def run_state_changed(self, labels: RunLabels, old: str | None, new: str) -> None:
         """A run moved from state ``old`` to ``new`` (``"QUEUED"``, ``"RUNNING"``,
@@ -76,6 +91,10 @@ class NullObserver:
     def run_progress(self, labels: RunLabels, deltas: Mapping[str, float]) -> None:
         pass
 
+    def run_observations(self, labels: RunLabels, histograms: Mapping[str, HistogramDelta]
+                         ) -> None:
+        pass
+
     def run_state_changed(self, labels: RunLabels, old: str | None, new: str) -> None:
         pass
 
@@ -94,19 +113,27 @@ class NullObserver:
 
 
 class SafeObserver:
-    """Wraps an observer so that its exceptions are logged, never raised into the server."""
+    """Wraps an observer so that its exceptions are logged, never raised into the server
+    (and a method it lacks, such as one added to the protocol later, is skipped)."""
 
     def __init__(self, inner: Observer) -> None:
         self.inner = inner
 
     def _call(self, name: str, *args: Any) -> None:
+        method = getattr(self.inner, name, None)
+        if method is None:  # an observer written before the method was added
+            return
         try:
-            getattr(self.inner, name)(*args)
+            method(*args)
         except Exception:
             log.exception("observer %s failed", name)
 
     def run_progress(self, labels: RunLabels, deltas: Mapping[str, float]) -> None:
         self._call("run_progress", labels, deltas)
+
+    def run_observations(self, labels: RunLabels, histograms: Mapping[str, HistogramDelta]
+                         ) -> None:
+        self._call("run_observations", labels, histograms)
 
     def run_state_changed(self, labels: RunLabels, old: str | None, new: str) -> None:
         self._call("run_state_changed", labels, old, new)
@@ -123,3 +150,41 @@ class SafeObserver:
 
     def rpc_handled(self, method: str, code: str, seconds: float) -> None:
         self._call("rpc_handled", method, code, seconds)
+
+
+class ObserverGroup:
+    """Tells every observer of a group, in order (each behind a :class:`SafeObserver`,
+    so one that raises does not keep the others from hearing)."""
+
+    def __init__(self, observers: Iterable[Observer]) -> None:
+        self.observers = [SafeObserver(observer) for observer in observers]
+
+    def run_progress(self, labels: RunLabels, deltas: Mapping[str, float]) -> None:
+        for observer in self.observers:
+            observer.run_progress(labels, deltas)
+
+    def run_observations(self, labels: RunLabels, histograms: Mapping[str, HistogramDelta]
+                         ) -> None:
+        for observer in self.observers:
+            observer.run_observations(labels, histograms)
+
+    def run_state_changed(self, labels: RunLabels, old: str | None, new: str) -> None:
+        for observer in self.observers:
+            observer.run_state_changed(labels, old, new)
+
+    def run_finished(self, labels: RunLabels, state: str, wall_seconds: float | None,
+                     result: Mapping[str, Any] | None) -> None:
+        for observer in self.observers:
+            observer.run_finished(labels, state, wall_seconds, result)
+
+    def cache_hit(self, labels: RunLabels) -> None:
+        for observer in self.observers:
+            observer.cache_hit(labels)
+
+    def queue_depth(self, depth: int) -> None:
+        for observer in self.observers:
+            observer.queue_depth(depth)
+
+    def rpc_handled(self, method: str, code: str, seconds: float) -> None:
+        for observer in self.observers:
+            observer.rpc_handled(method, code, seconds)

@@ -12,7 +12,8 @@ Everything about a run's life happens here, on the server's event loop:
    no ``await``, so two identical submissions cannot both slip through.
 2. **Run**: one dispatcher task per worker slot takes jobs from the queue, marks
    the run RUNNING, and executes it (:class:`cowsim.service.pool.WorkerSlot`).
-   Progress updates the run's live numbers, the observer and every watcher.
+   Progress updates the run's live numbers, the observer (counter deltas and
+   histogram observations) and every watcher.
 3. **Finish**: the reply becomes the final state — SUCCEEDED with the result,
    CANCELLED (with the partial result when it stopped in a worker), or FAILED with
    a one-line error — stored in one transaction before anyone is told.
@@ -57,7 +58,7 @@ from cowsim.service.store import (
     RunStore,
 )
 from cowsim.service.worker import error_from_dict
-from cowsim.sim import Budget, InvalidInput, __version__, parse_spec, plan_run
+from cowsim.sim import Budget, HistogramDelta, InvalidInput, __version__, parse_spec, plan_run
 
 __all__ = ["Progress", "RunManager", "ScenarioOutcome", "Submission"]
 
@@ -306,6 +307,9 @@ class RunManager:
                              int(message["events_processed"]), dict(message["deltas"]))
             self.live[run_id] = event
             self.observer.run_progress(labels, event.deltas)
+            histograms = _histogram_deltas(message.get("histograms", {}))
+            if histograms:
+                self.observer.run_observations(labels, histograms)
             self._tell(run_id, event)
 
         started = time.monotonic()
@@ -450,6 +454,14 @@ class RunManager:
         if error.get("class") in ("invalid", "budget"):
             raise invalid_input(error_from_dict(error), "scenario")
         raise ServiceError(grpc.StatusCode.INTERNAL, str(error.get("message", "internal error")))
+
+
+def _histogram_deltas(data: dict[str, Any]) -> dict[str, HistogramDelta]:
+    """A progress message's histograms (plain data, :mod:`cowsim.service.worker`) as
+    the library's :class:`~cowsim.sim.HistogramDelta`."""
+    return {name: HistogramDelta(tuple(int(n) for n in delta["bucket_counts"]),
+                                 int(delta["count"]), float(delta["sum_seconds"]))
+            for name, delta in data.items()}
 
 
 def _loads(text: str) -> dict[str, Any]:

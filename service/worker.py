@@ -10,6 +10,9 @@ answers jobs from its pipe until the pipe closes.  A job is a plain dict:
   callback that sends ``{"type": "progress", ...}`` messages (deltas merged, at
   most every :data:`PROGRESS_INTERVAL_SECONDS`) and a cancel callback that reads
   the cancel :class:`multiprocessing.Event` (and notices a parent that died).
+  Progress messages carry the counter deltas and the histogram observations
+  (bucket counts) since the previous message; the last one also settles the
+  workloads' counters the deltas may lack (:data:`SETTLED_COUNTERS`).
   The reply is ``{"type": "result", "result_json": ...}``, the JSON exactly as
   ``cowsim run --json`` prints it.
 * ``{"kind": "scenario", "text", "file_name", "kernel"}``: the scenario is
@@ -53,8 +56,8 @@ from cowsim.sim import (
     run_scenario,
 )
 
-__all__ = ["PROGRESS_INTERVAL_SECONDS", "apply_memory_limit", "error_dict", "error_from_dict",
-           "worker_main"]
+__all__ = ["PROGRESS_INTERVAL_SECONDS", "SETTLED_COUNTERS", "apply_memory_limit", "error_dict",
+           "error_from_dict", "worker_main"]
 
 PROGRESS_INTERVAL_SECONDS = 0.05
 """The shortest wall time between two progress messages of one run."""
@@ -96,32 +99,70 @@ def error_from_dict(data: dict[str, Any]) -> InvalidInput:
                 source=data.get("source"), op=data.get("op"))
 
 
+SETTLED_COUNTERS = {"dma_lost_writes": "dma_lost_writes_total",
+                    "stale_pin_reads": "stale_pin_reads_total"}
+"""Counters of the workloads (the metrics recorder's, not the kernel's) that the result
+totals, by the result key: the progress deltas may leave them out, so the run's last
+message carries what its deltas have not (:meth:`_Progress.settle`)."""
+
+
 class _Progress:
-    """The run contract's progress callback, merged and rate-limited into messages."""
+    """The run contract's progress callback, merged and rate-limited into messages.
+
+    A message is ``{"type": "progress", "sim_seconds", "sim_seconds_total",
+    "events_processed", "deltas": {counter: amount}, "histograms": {name:
+    {"bucket_counts": [...], "count": n, "sum_seconds": s}}}``: the counter deltas and
+    histogram observations (:class:`cowsim.sim.HistogramDelta` as plain data) of every
+    event since the previous message, summed."""
 
     def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
         self.send = send
         self.pending: dict[str, float] = {}
+        self.histograms: dict[str, dict[str, Any]] = {}
+        self.sent: dict[str, float] = dict.fromkeys(SETTLED_COUNTERS, 0)
         self.last: ProgressEvent | None = None
+        self.dirty = False
         self.sent_at = 0.0
 
     def __call__(self, event: ProgressEvent) -> None:
         for name, value in event.counters.items():
             self.pending[name] = self.pending.get(name, 0) + value
-        self.last = event
+        for name, delta in event.histograms.items():
+            merged = self.histograms.get(name)
+            if merged is None:
+                self.histograms[name] = {"bucket_counts": list(delta.bucket_counts),
+                                         "count": delta.count, "sum_seconds": delta.sum_seconds}
+                continue
+            merged["bucket_counts"] = [a + b for a, b in zip(merged["bucket_counts"],
+                                                             delta.bucket_counts, strict=True)]
+            merged["count"] += delta.count
+            merged["sum_seconds"] += delta.sum_seconds
+        self.last, self.dirty = event, True
         now = time.monotonic()
         if now - self.sent_at >= PROGRESS_INTERVAL_SECONDS:
             self.flush()
             self.sent_at = now
 
+    def settle(self, outcome: dict[str, Any]) -> None:
+        """Add to the pending deltas what the result counts of :data:`SETTLED_COUNTERS` and
+        the messages did not carry, so that a run's deltas sum to its result."""
+        metrics = outcome.get("metrics", {})
+        for name, key in SETTLED_COUNTERS.items():
+            missing = metrics.get(key, 0) - self.sent[name] - self.pending.get(name, 0)
+            if missing > 0:
+                self.pending[name] = self.pending.get(name, 0) + missing
+                self.dirty = True
+
     def flush(self) -> None:
-        if self.last is None:
+        if self.last is None or not self.dirty:
             return
+        for name in SETTLED_COUNTERS:
+            self.sent[name] += self.pending.get(name, 0)
         self.send({"type": "progress", "sim_seconds": self.last.sim_seconds,
                    "sim_seconds_total": self.last.sim_seconds_total,
-                   "events_processed": self.last.events_processed, "deltas": self.pending})
-        self.pending = {}
-        self.last = None
+                   "events_processed": self.last.events_processed, "deltas": self.pending,
+                   "histograms": self.histograms})
+        self.pending, self.histograms, self.dirty = {}, {}, False
 
 
 def _run_workload(job: dict[str, Any], conn: Connection, cancel: Callable[[], bool]
@@ -134,6 +175,7 @@ def _run_workload(job: dict[str, Any], conn: Connection, cancel: Callable[[], bo
                       cancel=cancel, budget=Budget(**job["budget"]))
     except InvalidInput as exc:  # refused inside the run: name the spec it came from
         raise exc.within(source=source) from None
+    progress.settle(outcome)
     progress.flush()
     return {"type": "result", "result_json": json.dumps(outcome, indent=2, sort_keys=True)}
 
