@@ -8,6 +8,8 @@ grpc.aio.  The modules, from the leaves up:
 * :mod:`~cowsim.service.limits` — what one server accepts (RESOURCE_EXHAUSTED);
 * :mod:`~cowsim.service.cache` — the result cache key;
 * :mod:`~cowsim.service.observer` — the hook a metrics exporter implements;
+* :mod:`~cowsim.service.labels`, :mod:`~cowsim.service.families` — bounded label
+  values, and metric families that add whole deltas (bucketed histograms);
 * :mod:`~cowsim.service.store` — runs and results in SQLite;
 * :mod:`~cowsim.service.worker`, :mod:`~cowsim.service.pool` — simulations in
   spawned worker processes under a memory limit;
@@ -15,14 +17,17 @@ grpc.aio.  The modules, from the leaves up:
 * :mod:`~cowsim.service.convert`, :mod:`~cowsim.service.api` — the servicer;
 * :mod:`~cowsim.service.auth`, :mod:`~cowsim.service.interceptors` — bearer
   tokens and per-RPC observation;
+* :mod:`~cowsim.service.metrics` — the Prometheus exporter and its ``/metrics``;
 * :mod:`~cowsim.service.server` — the server and :func:`serve`.
 
-It depends on :mod:`cowsim.sim`'s public API and :mod:`cowsim.v1` only.
+It depends on :mod:`cowsim.sim`'s public API, :mod:`cowsim.v1` and
+prometheus_client (which :mod:`cowsim.sim` never imports).
 """
 
 from cowsim.service.limits import Limits
-from cowsim.service.observer import NullObserver, Observer, RunLabels
+from cowsim.service.metrics import PrometheusExporter
+from cowsim.service.observer import NullObserver, Observer, ObserverGroup, RunLabels
 from cowsim.service.server import CowsimServer, ServerConfig, serve
 
-__all__ = ["CowsimServer", "Limits", "NullObserver", "Observer", "RunLabels", "ServerConfig",
-           "serve"]
+__all__ = ["CowsimServer", "Limits", "NullObserver", "Observer", "ObserverGroup",
+           "PrometheusExporter", "RunLabels", "ServerConfig", "serve"]

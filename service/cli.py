@@ -1,12 +1,15 @@
 """``cowsim serve``: the command-line face of :func:`cowsim.service.server.serve`.
 
-    cowsim serve [--host H] [--port 50051] [--metrics-port 9464] [--data-dir DIR]
+    cowsim serve [--host H] [--port 50051] [--metrics-port 9464|0|off] [--data-dir DIR]
                  [--workers N] [--token-file F] [--tls-cert C --tls-key K]
                  [--worker-memory BYTES] [--max-queued N] [--max-sim-seconds S]
                  [--max-frames N] [--max-message-bytes N] [--drain-seconds S]
 
 :func:`add_command` adds the subcommand to the ``cowsim`` parser and :func:`main`
 runs it; options are checked before anything starts (one line, exit 2).
+``--metrics-port`` serves Prometheus metrics at ``http://HOST:PORT/metrics``
+(:mod:`cowsim.service.metrics`): 0 binds a free port (the start-up log line names
+it), ``off`` serves none.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from cowsim.service.limits import Limits
 from cowsim.service.server import ServerConfig, serve
 from cowsim.sim import InvalidInput
 
-__all__ = ["add_command", "config_from_args", "main", "parse_size_bytes"]
+__all__ = ["add_command", "config_from_args", "main", "parse_metrics_port", "parse_size_bytes"]
 
 _UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
           "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
@@ -43,8 +46,8 @@ def add_command(commands: Any) -> None:
     defaults = Limits()
     serve_parser.add_argument("--host", default="[::]", help="address to listen on ([::])")
     serve_parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free)")
-    serve_parser.add_argument("--metrics-port", type=int, default=9464,
-                              help="Prometheus exporter port")
+    serve_parser.add_argument("--metrics-port", default="9464",
+                              help="Prometheus exporter port (0: any free; off: none)")
     serve_parser.add_argument("--data-dir", type=Path, default=Path("cowsim-data"),
                               help="where the run store lives")
     serve_parser.add_argument("--workers", type=int, default=defaults.workers,
@@ -69,13 +72,23 @@ def _read(path: Path, option: str) -> bytes:
         raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}", source=option) from None
 
 
+def parse_metrics_port(text: str) -> int | None:
+    """``--metrics-port``: a port (0: any free), or ``off`` for no exporter (None)."""
+    if text.strip().lower() == "off":
+        return None
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise InvalidInput(f"a port is 0 … 65535 or 'off', not {text!r}",
+                           source="--metrics-port")
+    return int(text)
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The server configuration the options describe; InvalidInput naming the option."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidInput("--tls-cert and --tls-key go together", source="--tls-cert")
-    for option, value in (("--port", args.port), ("--metrics-port", args.metrics_port)):
-        if not 0 <= value <= 65535:
-            raise InvalidInput(f"a port is 0 … 65535, not {value}", source=option)
+    metrics_port = parse_metrics_port(str(args.metrics_port))
+    if not 0 <= args.port <= 65535:
+        raise InvalidInput(f"a port is 0 … 65535, not {args.port}", source="--port")
     try:
         memory = parse_size_bytes(args.worker_memory)
     except ValueError as exc:
@@ -93,7 +106,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         except ValueError as exc:
             raise InvalidInput(str(exc), source="--token-file") from None
     return ServerConfig(
-        host=args.host, port=args.port, metrics_port=args.metrics_port, data_dir=args.data_dir,
+        host=args.host, port=args.port, metrics_port=metrics_port, data_dir=args.data_dir,
         limits=limits, token=token,
         tls_cert=_read(args.tls_cert, "--tls-cert") if args.tls_cert else None,
         tls_key=_read(args.tls_key, "--tls-key") if args.tls_key else None,

@@ -11,6 +11,13 @@ interceptors, and TLS when a certificate and key are given::
     ...
     await server.stop()                  # NOT_SERVING, drain, re-queue, exit
 
+With ``metrics_port`` set, the server also runs a
+:class:`~cowsim.service.metrics.PrometheusExporter` (beside any observer passed
+in) and serves it at ``http://HOST:PORT/metrics`` from the same host; port 0
+binds an ephemeral one, found in :attr:`CowsimServer.metrics_port` and the
+start-up log line.  ``metrics_port=None`` (the default here; ``cowsim serve
+--metrics-port off``) runs no exporter.
+
 :func:`serve` runs one until SIGTERM or SIGINT: health turns NOT_SERVING at
 once, new submissions are refused, running runs get ``drain_seconds`` to
 finish and the rest stay QUEUED in the store (run again at the next start),
@@ -35,7 +42,8 @@ from cowsim.service.api import CowsimServicer
 from cowsim.service.auth import TokenAuthInterceptor
 from cowsim.service.interceptors import ObservingInterceptor
 from cowsim.service.limits import Limits
-from cowsim.service.observer import NullObserver, Observer, SafeObserver
+from cowsim.service.metrics import MetricsHTTPServer, PrometheusExporter
+from cowsim.service.observer import NullObserver, Observer, ObserverGroup, SafeObserver
 from cowsim.service.runs import RunManager
 from cowsim.service.store import RunStore
 from cowsim.v1 import cowsim_pb2, cowsim_pb2_grpc
@@ -54,8 +62,10 @@ class ServerConfig:
     host: str = "[::]"
     port: int = 50051
     """0 binds an ephemeral port (:meth:`CowsimServer.start` returns it)."""
-    metrics_port: int | None = 9464
-    """Where the Prometheus exporter listens (served by the observer that exports)."""
+    metrics_port: int | None = None
+    """Where the Prometheus exporter listens (``/metrics`` on ``host``); 0 binds an
+    ephemeral port (:attr:`CowsimServer.metrics_port` says which), None runs no exporter.
+    ``cowsim serve`` defaults to 9464."""
     data_dir: Path = Path("cowsim-data")
     limits: Limits = field(default_factory=Limits)
     token: str | None = None
@@ -74,7 +84,19 @@ class CowsimServer:
     def __init__(self, config: ServerConfig, observer: Observer | None = None,
                  interceptors: Sequence[aio.ServerInterceptor] = ()) -> None:
         self.config = config
-        self.observer = SafeObserver(observer if observer is not None else NullObserver())
+        self.exporter: PrometheusExporter | None = None
+        """The Prometheus exporter, when ``config.metrics_port`` is set."""
+        self.metrics_http: MetricsHTTPServer | None = None
+        self.metrics_port: int | None = None
+        """The port the exporter listens on, once started."""
+        observers: list[Observer] = [] if observer is None else [observer]
+        if config.metrics_port is not None:
+            health_service = health_pb2.DESCRIPTOR.services_by_name["Health"]
+            self.exporter = PrometheusExporter(grpc_services=(
+                cowsim_pb2.DESCRIPTOR.services_by_name["CowsimService"], health_service))
+            observers.insert(0, self.exporter)
+        self.observer: Observer = (ObserverGroup(observers) if len(observers) > 1 else
+                                   SafeObserver(observers[0] if observers else NullObserver()))
         self.extra_interceptors = tuple(interceptors)
         self.store: RunStore | None = None
         self.manager: RunManager | None = None
@@ -86,6 +108,14 @@ class CowsimServer:
     async def start(self) -> int:
         """Open the store, recover queued runs, start workers and listen; the port bound."""
         config = self.config
+        if self.exporter is not None and config.metrics_port is not None:
+            self.metrics_http = MetricsHTTPServer(self.exporter.registry, config.host,
+                                                  config.metrics_port)
+            try:
+                self.metrics_port = self.metrics_http.start()
+            except OSError as exc:
+                raise RuntimeError(f"cannot serve metrics on {config.host}:"
+                                   f"{config.metrics_port}: {exc.strerror or exc}") from None
         self.store = RunStore(config.data_dir)
         self.manager = RunManager(self.store, config.limits, self.observer,
                                   cancel_grace_seconds=config.cancel_grace_seconds)
@@ -113,7 +143,11 @@ class CowsimServer:
         self.server = server
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("cowsim serving on %s:%d", config.host, self.port)
+        if self.metrics_port is None:
+            log.info("cowsim serving on %s:%d", config.host, self.port)
+        else:
+            log.info("cowsim serving on %s:%d, metrics on http://%s:%d/metrics", config.host,
+                     self.port, config.host, self.metrics_port)
         return self.port
 
     async def stop(self, drain_seconds: float | None = None) -> None:
@@ -130,6 +164,8 @@ class CowsimServer:
             await self.server.stop(grace=2.0)
         if self.store is not None:
             self.store.close()
+        if self.metrics_http is not None:  # last: a scrape during the drain still answers
+            self.metrics_http.stop()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
