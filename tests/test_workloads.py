@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cowsim.sim.driver import PAGE_SIZE, build, run
 from cowsim.sim.spec import parse_spec
-from cowsim.sim.workloads.forking_server import Server, lindley_finish
+from cowsim.sim.workloads.forking_server import Server, first_occurrences, lindley_finish
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "workloads"
 ALL_KERNELS = ["5.4", "5.8", "5.10", "5.15", "5.18", "6.1", "6.8"]
@@ -195,3 +197,12 @@ def test_pinned_dma_into_a_frame_a_forked_helper_maps_is_a_leak(kernel: str, lea
         leak = next(v for v in outcome["violations"] if v["kind"] == "leak")
         assert "device via id" in leak["detail"]
         assert ".helper" in leak["detail"]
+
+
+@given(st.lists(st.integers(0, 40), max_size=200))
+def test_first_occurrences_is_numpy_unique_with_indices(values: list[int]) -> None:
+    array = np.array(values, dtype=np.int64)
+    unique, first = first_occurrences(array)
+    expected_unique, expected_first = np.unique(array, return_index=True)
+    assert unique.tolist() == expected_unique.tolist()
+    assert first.tolist() == expected_first.tolist()

@@ -56,6 +56,7 @@ from cowsim.sim.kernel.mm import (
     VMA,
     WP_CAUSE_MASK,
     Pte,
+    PteArray,
     WpCause,
     cause_of,
     with_cause,
@@ -167,15 +168,38 @@ def fault_in_writable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu
     if nr_faulting < pages.size:
         faulting, faulting_flags = pages[needs_fault], np.zeros(nr_faulting, dtype=np.uint8)
     vmf = VmFault(k, owner, vma, cpu, write=True)
-    offset = 0
-    for run in split_runs(k, vma, faulting):
-        handle_pte_fault(vmf, run, faulting_flags[offset : offset + run.size])
-        offset += run.size
+    if not _wp_faults_at_once(vmf, faulting, pte if faulting is pages else pte[needs_fault],
+                              faulting_flags):
+        offset = 0
+        for run in split_runs(k, vma, faulting):
+            handle_pte_fault(vmf, run, faulting_flags[offset : offset + run.size])
+            offset += run.size
     if faulting_flags is not flags:
         flags[needs_fault] = faulting_flags
     if store:
         mark_written(vma, pages)
     return FaultReport(pages, flags)
+
+
+def _wp_faults_at_once(vmf: VmFault, pages: PageIndex, pte: PteArray, flags: FlagArray) -> bool:
+    """The most common write fault, taken in one step if it applies: every page a present,
+    read-only PTE of an anonymous page in a private VMA (no swap entry, no userfault, no
+    zero page) whose frame is in no LRU-add batch — then the pages are one run
+    (:func:`split_runs`) of write-protect faults (:func:`handle_pte_fault`), and what
+    was read to see so is not read again.  Returns whether it applied."""
+    k, vma = vmf.k, vmf.vma
+    if vma.shared or np.bitwise_or.reduce(pte) & _SWAP_OR_UFFD_WP:
+        return False
+    frames = vma.pfn[pages]
+    if frames.min() <= ZERO_PFN:
+        return False
+    page_flags = k.frames.flags[frames]
+    if np.bitwise_or.reduce(page_flags) & PG_lru_batch:
+        return False
+    k.counters.fault("wp", pages.size)
+    flags[:], copied = do_wp_page(vmf, pages, frames=frames, page_flags=page_flags, pte=pte)
+    k.lru_cache_add(copied, vmf.cpu)  # the copies, in page order
+    return True
 
 
 def fault_in_readable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex,
@@ -320,11 +344,14 @@ _NO_FRAMES: FrameArray = np.zeros(0, dtype=np.int32)
 _NO_FRAMES.flags.writeable = False
 
 
-def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
+def do_wp_page(vmf: VmFault, pages: PageIndex, *, frames: FrameArray | None = None,
+               page_flags: npt.NDArray[np.uint8] | None = None,
+               pte: PteArray | None = None) -> tuple[FlagArray, FrameArray]:
     """do_wp_page(): write-protect (or, with ``vmf.unshare``, unshare) fault on present
     read-only PTEs.  Returns each page's flags (WP_REUSE, COW_COPY, ZERO_PAGE; an unshare
     that keeps the page: none) and the new frames of the copied pages, in page order,
-    which the caller queues on the LRU-add batch."""
+    which the caller queues on the LRU-add batch.  ``frames``, ``page_flags``, ``pte``:
+    the pages' frames, their flags and PTEs, when the caller has read them already."""
     k, vma, unshare = vmf.k, vmf.vma, vmf.unshare
     empty = _NO_FRAMES
     if vma.shared:
@@ -332,11 +359,12 @@ def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
         vma.pte[pages] = (vma.pte[pages] & ~WP_CAUSE_MASK) | PTE_WRITTEN
         k.counters.add("wp_reuses", pages.size)
         return np.full(pages.size, _REUSE, dtype=np.uint8), empty
-    frames = vma.pfn[pages]
+    if frames is None:
+        frames = vma.pfn[pages]
     zero = frames == ZERO_PFN
     zeros = np.count_nonzero(zero)
     if not zeros:  # the common case: no zero page among them
-        reuse = wp_can_reuse_anon_folio(k, frames, vmf.cpu)
+        reuse = wp_can_reuse_anon_folio(k, frames, vmf.cpu, page_flags)
         flags = np.where(reuse, np.uint8(0) if unshare else _REUSE, _COPY).astype(np.uint8,
                                                                                  copy=False)
     else:
@@ -358,21 +386,29 @@ def do_wp_page(vmf: VmFault, pages: PageIndex) -> tuple[FlagArray, FrameArray]:
             k.counters.add("wp_reuses", nr_reused)
     if nr_reused == pages.size:
         return flags, empty
-    return flags, wp_page_copy(vmf, pages[~reuse] if nr_reused else pages)
+    if not nr_reused:
+        return flags, wp_page_copy(vmf, pages, frames, pte)
+    copy = ~reuse
+    return flags, wp_page_copy(vmf, pages[copy], frames[copy], None if pte is None else pte[copy])
 
 
-def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDArray[np.bool_]:
+def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int,
+                            page_flags: npt.NDArray[np.uint8] | None = None
+                            ) -> npt.NDArray[np.bool_]:
     """The era's reuse decision for anonymous frames (unique) mapped read-only: the
     kernel's ``wp_can_reuse_anon_folio()`` (6.5+; before it inline in do_wp_page, and
     ``reuse_swap_page()`` up to 5.8).
 
     Side effects as in the kernel: ≤5.8 drops a reusable page from the swap
     cache; 5.18+ drain the local LRU-add batch and free the swap cache.
+    ``page_flags``: the frames' flags, when the caller has read them already.
     """
     pg = k.frames
     rule = k.gen.wp_reuse
+    if page_flags is None:
+        page_flags = pg.flags[frames]
     if rule is WpReuse.MAPCOUNT:
-        in_cache = pg.test(frames, PG_swapcache)
+        in_cache = (page_flags & PG_swapcache) != 0
         reuse: npt.NDArray[np.bool_]
         if not np.count_nonzero(in_cache):  # no swap count to add, nothing to delete
             reuse = pg.mapcount[frames] <= 1
@@ -387,7 +423,7 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDAr
         return out
     # PAGE_COUNT_DRAIN (5.18+), after the PageAnonExclusive shortcut (5.19+).  Flags and
     # refcounts are read once, and again only after a step that changes them.
-    page_flags, refcount = pg.flags[frames], pg.refcount[frames]
+    refcount = pg.refcount[frames]
     if not np.bitwise_or.reduce(page_flags) & _BATCH_OR_SWAPCACHE:
         # No page in an LRU-add batch or the swap cache: nothing to drain or free, and
         # the steps below reduce to this.
@@ -411,12 +447,16 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int) -> npt.NDAr
     return reuse
 
 
-def wp_page_copy(vmf: VmFault, pages: PageIndex) -> FrameArray:
+def wp_page_copy(vmf: VmFault, pages: PageIndex, old_frames: FrameArray | None = None,
+                 old_pte: PteArray | None = None) -> FrameArray:
     """wp_page_copy(): allocate, copy (or zero-fill, for the zero page), flush the old PTE,
-    map the copy (read-only for an unshare)."""
+    map the copy (read-only for an unshare).  ``old_frames``, ``old_pte``: the pages'
+    frames and PTEs, when the caller has read them already."""
     k, vma, unshare = vmf.k, vmf.vma, vmf.unshare
-    old_frames = vma.pfn[pages]
-    old_pte = vma.pte[pages]
+    if old_frames is None:
+        old_frames = vma.pfn[pages]
+    if old_pte is None:
+        old_pte = vma.pte[pages]
     zero = old_frames == ZERO_PFN
     zeros = int(np.count_nonzero(zero))
     shared_old = old_frames[~zero] if zeros else old_frames

@@ -32,8 +32,6 @@ O(1) per batch of accesses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +59,26 @@ class MachineCounters:
     tlb_misses: float = 0.0
 
 
+class Billing:
+    """The context of :meth:`Machine.bill` (a class, not a generator: one per COW tick)."""
+
+    __slots__ = ("bill", "machine", "outer")
+
+    def __init__(self, machine: Machine, bill: Bill) -> None:
+        self.machine, self.bill = machine, bill
+        self.outer: Bill | None = None
+
+    def __enter__(self) -> Bill:
+        self.outer = self.machine.current_bill
+        self.machine.current_bill = self.bill
+        return self.bill
+
+    def __exit__(self, *_exc: object) -> None:
+        self.machine.current_bill = self.outer
+        if self.outer is not None:
+            self.outer.ns += self.bill.ns
+
+
 class Machine:
     """N CPUs with per-CPU TLB state, the cost model and shootdown accounting."""
 
@@ -74,7 +92,8 @@ class Machine:
         self._tlb_held: dict[tuple[int, int], float] = {}
         self._working_set: dict[int, float] = {}
         self._next_cpu = 0
-        self._bill: Bill | None = None
+        self.current_bill: Bill | None = None
+        """The bill kernel operations are charged to now (:meth:`bill`), if any."""
         self.counters = MachineCounters()
 
     # -- placement -------------------------------------------------------------
@@ -94,18 +113,10 @@ class Machine:
         self._working_set[id(mm)] = max(1.0, float(pages))
 
     # -- billing ----------------------------------------------------------------
-    @contextmanager
-    def bill(self, cpu: int) -> Iterator[Bill]:
-        """Collect the flush and shootdown time of the kernel operations run inside."""
-        outer = self._bill
-        bill = Bill(cpu=cpu)
-        self._bill = bill
-        try:
-            yield bill
-        finally:
-            self._bill = outer
-            if outer is not None:
-                outer.ns += bill.ns
+    def bill(self, cpu: int) -> Billing:
+        """``with machine.bill(cpu) as bill:`` collects the flush and shootdown time of the
+        kernel operations run inside into ``bill.ns`` (nested bills add to the outer one)."""
+        return Billing(self, Bill(cpu=cpu))
 
     def take_owed(self, cpu: int) -> float:
         """IPI handler time the CPU owes, in ns, now charged (and cleared)."""
@@ -134,8 +145,8 @@ class Machine:
             self.owed_ns[remote] += flush.count * costs.ipi_receiver_ns
         for target in [cpu, *remote]:
             self._invalidate(target, flush.mm, full, flush.count * flush.pages)
-        if self._bill is not None:
-            self._bill.ns += flush.count * sender_ns
+        if self.current_bill is not None:
+            self.current_bill.ns += flush.count * sender_ns
 
     def _invalidate(self, cpu: int, mm: MM, full: bool, pages: int) -> None:
         key = (cpu, id(mm))

@@ -47,6 +47,18 @@ def lindley_finish(arrivals: npt.NDArray[np.float64], service: npt.NDArray[np.fl
     return done + np.maximum(free_at, np.maximum.accumulate(arrivals - before))
 
 
+def first_occurrences(values: npt.NDArray[np.int64]
+                      ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """The distinct values, ascending, and where each first occurs: ``np.unique(values,
+    return_index=True)`` in four numpy calls (it costs a tick more in dispatch)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.empty(ordered.size, dtype=bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    return ordered[starts], order[starts]
+
+
 class Server:
     """One forking server: its request stream, its threads' queues, its forks and children."""
 
@@ -174,7 +186,7 @@ class Server:
             sim.call(self.proc, sim.kernel.write, self.proc, state.region, occurrences, value,
                      cpu=cpu)
             return extra
-        unique, first = np.unique(occurrences, return_index=True)
+        unique, first = first_occurrences(occurrences)
         with sim.machine.bill(cpu) as bill:
             report, _delta = sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique,
                                       value, cpu=cpu)
@@ -184,7 +196,7 @@ class Server:
             self.fault_latencies.add(faulted * NS)
         occurrence_ns = np.zeros(occurrences.size)
         occurrence_ns[first] = page_ns
-        owners = np.repeat(np.flatnonzero(writes), per)
+        owners = np.flatnonzero(writes) if per == 1 else np.repeat(np.flatnonzero(writes), per)
         extra += np.bincount(owners, weights=occurrence_ns, minlength=count)
         return extra
 

@@ -8,6 +8,7 @@ multiplicative bijection so that hot pages are not all adjacent.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy.typing as npt
 from cowsim.sim.spec import KeySpec
 
 
+@functools.lru_cache(maxsize=64)
 def _coprime_multiplier(npages: int) -> int:
     """A multiplier coprime with npages near the golden ratio of it (a bijection mod N)."""
     candidate = max(1, int(npages * 0.6180339887)) | 1
