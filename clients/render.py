@@ -1,4 +1,4 @@
-"""Terminal output for the CLI: result tables, the scenario × kernel matrix, kernel listings.
+"""Terminal output for the CLI: workload run summaries, scenario results and the matrix, kernels.
 
 Rendering only: everything here takes finished results and prints them with
 rich (or as Markdown, for documents).  Text that came from the user (file,
@@ -9,7 +9,8 @@ with control characters escaped: never parsed as rich markup (a name like
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +24,8 @@ from cowsim.sim import (
     ScenarioResult,
     changes_in,
     escape_control,
+    format_bytes,
+    format_seconds,
 )
 
 
@@ -142,3 +145,38 @@ def kernels(console: Console) -> None:
         console.print(what_ifs)
     console.print("Select with --kernel VERSION (e.g. 5.10, 6.8), an era id (e.g. B, C') "
                   "or a what-if name; --kernel all runs one version per era.")
+
+
+SUMMARY_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("COW copies", lambda m: f"{m['cow_copies_total']:,}"),
+    ("  by cause", lambda m: ", ".join(f"{k} {v:,}" for k, v in m["cow_copies_by_cause"].items())
+     or "—"),
+    ("write-fault reuses", lambda m: f"{m['wp_reuses_total']:,}"),
+    ("page faults", lambda m: f"{m['page_faults_total']:,}"),
+    ("TLB shootdowns / IPIs", lambda m: f"{m['tlb_shootdowns_total']:,} / {m['tlb_ipis_total']:,}"),
+    ("TLB misses", lambda m: f"{m['tlb_misses_total']:,}"),
+    ("fork pause p50 / p99 / max", lambda m: " / ".join(
+        format_seconds(m["fork_pause_seconds"][k]) for k in ("p50", "p99", "max"))),
+    ("request latency p50 / p99 / p999", lambda m: " / ".join(
+        format_seconds(m["request_latency_seconds"][k]) for k in ("p50", "p99", "p999"))),
+    ("memory peak", lambda m: format_bytes(m["memory_peak_bytes"])),
+    ("lost DMA writes", lambda m: f"{m['dma_lost_writes_total']:,}"),
+    ("stale pin reads", lambda m: f"{m['stale_pin_reads_total']:,}"),
+    ("leaks", lambda m: f"{m['leaks_total']:,}"),
+)
+
+
+def run_summary(console: Console, results: list[dict[str, Any]]) -> None:
+    """A workload run's result (``cowsim run``, ``cowsim result``): one column per result."""
+    table = Table(title=Text(escape_control(str(results[0]["name"]))))
+    table.add_column("metric")
+    for result in results:
+        table.add_column(Text(f"{result['kernel']} ({result['era']})"), justify="right")
+    for label, value in SUMMARY_ROWS:
+        table.add_row(label, *(value(result["metrics"]) for result in results))
+    console.print(table)
+    for result in results:
+        wall = result["wall_seconds"] or 0.0
+        console.print(Text(f"{result['kernel']}: {result['sim_seconds']:g} s simulated in "
+                           f"{wall:.2f} s wall ({result['sim_seconds'] / max(wall, 1e-9):.1f}× "
+                           "real time)"))

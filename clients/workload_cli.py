@@ -20,16 +20,14 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
 
+from cowsim.clients import render
 from cowsim.clients.output import OutputDir, say
 from cowsim.sim import (
     InvalidInput,
@@ -38,7 +36,6 @@ from cowsim.sim import (
     Simulation,
     check_seed,
     escape_control,
-    format_bytes,
     format_seconds,
     generation_for,
     generations_for,
@@ -127,40 +124,6 @@ def _run_one(plan: RunPlan, console: Console, show_progress: bool, source: str
         raise exc.within(source=source) from None
 
 
-SUMMARY_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
-    ("COW copies", lambda m: f"{m['cow_copies_total']:,}"),
-    ("  by cause", lambda m: ", ".join(f"{k} {v:,}" for k, v in m["cow_copies_by_cause"].items())
-     or "—"),
-    ("write-fault reuses", lambda m: f"{m['wp_reuses_total']:,}"),
-    ("page faults", lambda m: f"{m['page_faults_total']:,}"),
-    ("TLB shootdowns / IPIs", lambda m: f"{m['tlb_shootdowns_total']:,} / {m['tlb_ipis_total']:,}"),
-    ("TLB misses", lambda m: f"{m['tlb_misses_total']:,}"),
-    ("fork pause p50 / p99 / max", lambda m: " / ".join(
-        format_seconds(m["fork_pause_seconds"][k]) for k in ("p50", "p99", "max"))),
-    ("request latency p50 / p99 / p999", lambda m: " / ".join(
-        format_seconds(m["request_latency_seconds"][k]) for k in ("p50", "p99", "p999"))),
-    ("memory peak", lambda m: format_bytes(m["memory_peak_bytes"])),
-    ("lost DMA writes", lambda m: f"{m['dma_lost_writes_total']:,}"),
-    ("stale pin reads", lambda m: f"{m['stale_pin_reads_total']:,}"),
-    ("leaks", lambda m: f"{m['leaks_total']:,}"),
-)
-
-
-def _summary(console: Console, results: list[dict[str, Any]]) -> None:
-    table = Table(title=Text(escape_control(str(results[0]["name"]))))
-    table.add_column("metric")
-    for result in results:
-        table.add_column(Text(f"{result['kernel']} ({result['era']})"), justify="right")
-    for label, value in SUMMARY_ROWS:
-        table.add_row(label, *(value(result["metrics"]) for result in results))
-    console.print(table)
-    for result in results:
-        wall = result["wall_seconds"] or 0.0
-        console.print(Text(f"{result['kernel']}: {result['sim_seconds']:g} s simulated in "
-                           f"{wall:.2f} s wall ({result['sim_seconds'] / max(wall, 1e-9):.1f}× "
-                           "real time)"))
-
-
 def _write_out(out: OutputDir, result: dict[str, Any], sim: Simulation) -> None:
     """result.json (byte-identical for the same spec and seed), timing.json and the series,
     into the temporary directory; then into place."""
@@ -194,11 +157,11 @@ def main(args: argparse.Namespace, console: Console) -> int:
         if args.json:
             print(json.dumps(outcome, indent=2, sort_keys=True))
         else:
-            _summary(console, [outcome])
+            render.run_summary(console, [outcome])
         return EXIT_OK
     outcomes = [_run_one(plan, console, show, args.spec)[0] for plan in plans]
     if args.json:
         print(json.dumps(outcomes, indent=2, sort_keys=True))
     else:
-        _summary(console, outcomes)
+        render.run_summary(console, outcomes)
     return EXIT_OK
