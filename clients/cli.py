@@ -5,7 +5,9 @@ scenario scripts (exit 0: every expectation held; 1: one failed; 2: invalid
 input, with one line naming the file, step and field).  ``cowsim kernels``
 lists the kernel generations and the rules in which they differ.  ``cowsim
 run``, ``compare`` and ``schema`` are the workload commands (workload_cli);
-``cowsim --version`` prints the installed version.
+``submit``, ``status``, ``watch``, ``cancel``, ``list`` and ``result`` talk to a
+``cowsim serve`` (service_cli: exit 3 when it cannot be reached); ``cowsim
+--version`` prints the installed version.
 
 Whatever the input, the command ends in one of four ways, never a traceback:
 
@@ -29,7 +31,7 @@ from importlib import metadata
 
 from rich.console import Console
 
-from cowsim.clients import render, workload_cli
+from cowsim.clients import render, service_cli, workload_cli
 from cowsim.clients.output import say
 from cowsim.service import cli as serve_cli
 from cowsim.sim import (
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument("--json", action="store_true")
     workload_cli.add_commands(commands)
     serve_cli.add_command(commands)
+    service_cli.add_commands(commands)
     return parser
 
 
@@ -178,6 +181,8 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return serve_cli.main(args)
     if args.command in ("run", "compare", "schema"):
         return workload_cli.main(args, console)
+    if args.command in service_cli.COMMANDS:
+        return service_cli.main(args, console)
     return _scenario_run(args, console)
 
 
