@@ -68,6 +68,7 @@ from google.protobuf import descriptor_pool
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
+from cowsim import sim
 from cowsim.service.families import Families
 from cowsim.service.labels import OTHER, BoundedPairs, BoundedValues
 from cowsim.service.observer import RunLabels
@@ -95,10 +96,9 @@ MAX_SIM_HISTOGRAMS = 16
 
 # The label vocabularies the series are created with (the library's kernel counter names);
 # a value not listed still shows up when it first moves, within the caps below.
-COW_CAUSES = ("fork", "fork_pinned", "zero_page", "unshare", "swapin", "clear_refs", "mprotect",
-              "uffd_wp")
-FAULT_TYPES = ("anonymous", "shmem", "swap", "wp", "unshare", "uffd_wp")
-VIOLATION_KINDS = ("leak", "pin_diverged", "stale_pin", "dma_lost_write", "stale_pin_read")
+COW_CAUSES = sim.COW_CAUSES
+FAULT_TYPES = sim.FAULT_TYPES
+VIOLATION_KINDS = (*sim.VIOLATION_KINDS, "dma_lost_write", "stale_pin_read")
 WORKLOAD_VIOLATIONS = {"dma_lost_writes": "dma_lost_write", "stale_pin_reads": "stale_pin_read"}
 """Counters of the workloads that are violations too, and their ``kind``."""
 TLB_COUNTERS = {

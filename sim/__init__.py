@@ -29,7 +29,7 @@ Every invalid input raises :class:`InvalidInput` (``source``, ``field``,
 from importlib import metadata
 
 from cowsim.sim.budget import Budget, Estimate
-from cowsim.sim.driver import ProgressEvent, result, run, simulate
+from cowsim.sim.driver import WORKLOAD_COUNTERS, ProgressEvent, result, run, simulate
 from cowsim.sim.engine import Simulation
 from cowsim.sim.errors import (
     BudgetExceeded,
@@ -52,6 +52,7 @@ from cowsim.sim.kernel import (
     all_generations,
     generation_for,
 )
+from cowsim.sim.kernel.counters import COW_CAUSES, FAULT_TYPES, VIOLATION_KINDS
 from cowsim.sim.kernel.generations import (
     NEWEST_KNOWN_VERSION,
     Era,
@@ -73,10 +74,14 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 
 __all__ = [
     "BOUNDS_SECONDS",
+    "COW_CAUSES",
     "ERAS",
+    "FAULT_TYPES",
     "NEWEST_KNOWN_VERSION",
     "SUMMARY_COUNTERS",
+    "VIOLATION_KINDS",
     "WHAT_IFS",
+    "WORKLOAD_COUNTERS",
     "Budget",
     "BudgetExceeded",
     "CapacityError",

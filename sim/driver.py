@@ -54,7 +54,8 @@ from cowsim.sim.sampler import sampler
 from cowsim.sim.spec import WorkloadSpec
 from cowsim.sim.workloads import starter
 
-__all__ = ["PAGE_SIZE", "SLICE_SECONDS", "ProgressEvent", "build", "drive", "result", "run", "simulate"]
+__all__ = ["PAGE_SIZE", "SLICE_SECONDS", "WORKLOAD_COUNTERS", "ProgressEvent", "build", "drive",
+           "result", "run", "simulate"]
 
 SLICE_SECONDS = 0.1
 """The longest slice of simulated time between progress events and cancellation checks."""
@@ -73,9 +74,9 @@ class ProgressEvent:
     events_processed: int
     """simpy events processed so far."""
     counters: dict[str, int | float] = field(default_factory=dict)
-    """Kernel counters (``cow_copies``, ``page_faults`` …) and machine counters
-    (``tlb_shootdowns``, ``tlb_ipis``, ``tlb_misses``) that changed since the previous
-    event, by how much."""
+    """Kernel counters (``cow_copies``, ``page_faults`` …), machine counters
+    (``tlb_shootdowns``, ``tlb_ipis``, ``tlb_misses``) and the workloads'
+    (:data:`WORKLOAD_COUNTERS`) that changed since the previous event, by how much."""
     histograms: dict[str, HistogramDelta] = field(default_factory=dict)
     """Histogram observations since the previous event (``request_latency_seconds``,
     ``fault_latency_seconds``, ``fork_pause_seconds`` …), in the buckets of
@@ -134,6 +135,11 @@ def build(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = N
     return sim
 
 
+WORKLOAD_COUNTERS = ("dma_lost_writes", "stale_pin_reads")
+"""Counters the workloads keep (not the kernel) that progress events report too: a
+device's writes lost to a page the process no longer maps, and reads of a stale pin."""
+
+
 def _counters(sim: Simulation) -> dict[str, int | float]:
     """Every counter a progress event reports, as they stand."""
     machine = sim.machine.counters
@@ -141,6 +147,8 @@ def _counters(sim: Simulation) -> dict[str, int | float]:
     values["tlb_shootdowns"] = machine.tlb_shootdowns
     values["tlb_ipis"] = machine.tlb_ipis
     values["tlb_misses"] = machine.tlb_misses
+    for name in WORKLOAD_COUNTERS:
+        values[name] = sim.recorder.counter(name)
     return values
 
 

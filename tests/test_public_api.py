@@ -20,14 +20,15 @@ api = sys.modules["cowsim.sim"]  # the package itself (``import cowsim.sim`` nam
 ROOT = Path(__file__).resolve().parent.parent
 
 PUBLIC = [
-    "BOUNDS_SECONDS", "ERAS", "NEWEST_KNOWN_VERSION", "SUMMARY_COUNTERS", "WHAT_IFS", "Budget",
-    "BudgetExceeded", "CapacityError", "Era", "Estimate", "FaultFlags", "FaultReport", "Generation",
-    "HistogramDelta", "InvalidInput", "Kernel", "KernelOpError", "KernelVersionError",
-    "ProgressEvent", "Prot", "Pte", "RunPlan", "Scenario", "ScenarioResult", "Simulation",
-    "Violation", "WorkloadSpec", "__version__", "all_generations", "changes_in", "check_seed",
-    "escape_control", "format_bytes", "format_rate", "format_seconds", "generation_for",
-    "generations_for", "json_schema", "kernel_choices", "load_scenario", "load_spec",
-    "parse_scenario", "parse_spec", "plan_run", "result", "run", "run_scenario", "simulate",
+    "BOUNDS_SECONDS", "Budget", "BudgetExceeded", "COW_CAUSES", "CapacityError", "ERAS", "Era",
+    "Estimate", "FAULT_TYPES", "FaultFlags", "FaultReport", "Generation", "HistogramDelta",
+    "InvalidInput", "Kernel", "KernelOpError", "KernelVersionError", "NEWEST_KNOWN_VERSION",
+    "ProgressEvent", "Prot", "Pte", "RunPlan", "SUMMARY_COUNTERS", "Scenario", "ScenarioResult",
+    "Simulation", "VIOLATION_KINDS", "Violation", "WHAT_IFS", "WORKLOAD_COUNTERS", "WorkloadSpec",
+    "__version__", "all_generations", "changes_in", "check_seed", "escape_control", "format_bytes",
+    "format_rate", "format_seconds", "generation_for", "generations_for", "json_schema",
+    "kernel_choices", "load_scenario", "load_spec", "parse_scenario", "parse_spec", "plan_run",
+    "result", "run", "run_scenario", "simulate",
 ]
 
 

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cowsim.sim.driver import ProgressEvent, build, drive, result, run, simulate
+from cowsim.sim.driver import (
+    WORKLOAD_COUNTERS,
+    ProgressEvent,
+    build,
+    drive,
+    result,
+    run,
+    simulate,
+)
 from cowsim.sim.errors import InvalidInput
 from cowsim.sim.estimate import WORKLOAD_ESTIMATORS
 from cowsim.sim.live import BOUNDS_SECONDS
@@ -69,7 +77,10 @@ def test_progress_deltas_sum_to_the_final_counters() -> None:
     assert totals.get("tlb_shootdowns", 0) == machine.tlb_shootdowns > 0
     assert totals.get("tlb_ipis", 0) == machine.tlb_ipis
     assert totals["tlb_misses"] == pytest.approx(machine.tlb_misses)
-    assert set(totals) - set(kernel_counters) <= {"tlb_shootdowns", "tlb_ipis", "tlb_misses"}
+    for name in WORKLOAD_COUNTERS:
+        assert totals.get(name, 0) == sim.recorder.counter(name)
+    assert set(totals) - set(kernel_counters) <= {"tlb_shootdowns", "tlb_ipis", "tlb_misses",
+                                                  *WORKLOAD_COUNTERS}
 
 
 def test_live_histogram_deltas_add_up_to_the_recorded_histograms() -> None:
