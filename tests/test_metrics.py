@@ -13,10 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cowsim.sim.metrics import (
+    BUCKET_EDGES,
     DEFAULT_BOUNDS,
     MAX_RELATIVE_ERROR,
     QUANTILES,
     Recorder,
+    bucket_index,
     read_series_csv,
 )
 
@@ -455,3 +457,25 @@ def test_read_series_csv_rejects_other_files(tmp_path: Path) -> None:
     p.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="header"):
         read_series_csv(p)
+
+
+@st.composite
+def _bucket_probe(draw: st.DrawFn) -> float:
+    """A float anywhere, or on, just below or just above a bucket edge."""
+    if draw(st.booleans()):
+        return draw(st.floats(min_value=0.0, allow_nan=False, allow_infinity=True))
+    edge = float(BUCKET_EDGES[draw(st.integers(0, BUCKET_EDGES.size - 1))])
+    return float(draw(st.sampled_from([edge, np.nextafter(edge, 0.0), np.nextafter(edge, np.inf)])))
+
+
+@given(st.lists(_bucket_probe(), min_size=1, max_size=50))
+def test_bucket_index_equals_a_binary_search(values: list[float]) -> None:
+    array = np.array(values, dtype=np.float64)
+    expected = np.searchsorted(BUCKET_EDGES, array, side="right")
+    assert bucket_index(array).tolist() == expected.tolist()
+
+
+def test_bucket_index_on_every_edge_and_its_neighbours() -> None:
+    probes = np.concatenate([BUCKET_EDGES, np.nextafter(BUCKET_EDGES, 0.0),
+                             np.nextafter(BUCKET_EDGES, np.inf), [0.0, 5e-324, 1e300, np.inf]])
+    assert bucket_index(probes).tolist() == np.searchsorted(BUCKET_EDGES, probes, side="right").tolist()

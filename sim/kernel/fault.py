@@ -190,9 +190,12 @@ def _wp_faults_at_once(vmf: VmFault, pages: PageIndex, pte: PteArray, flags: Fla
     k, vma = vmf.k, vmf.vma
     if vma.shared or np.bitwise_or.reduce(pte) & _SWAP_OR_UFFD_WP:
         return False
-    frames = vma.pfn[pages]
+    whole = pages.size == vma.npages  # (ascending and unique: every page of the VMA)
+    frames = vma.pfn if whole else vma.pfn[pages]
     if frames.min() <= ZERO_PFN:
         return False
+    if whole:
+        frames = frames.copy()  # the handlers remap vma.pfn; keep the old frames
     page_flags = k.frames.flags[frames]
     if np.bitwise_or.reduce(page_flags) & PG_lru_batch:
         return False

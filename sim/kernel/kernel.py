@@ -279,7 +279,7 @@ class Kernel:
             )
         report = fault.fault_in_writable(self, owner, vma, index, cpu=cpu, store=True)
         frames = vma.pfn[index]
-        oracles.check_store(self, owner, frames, index, vma, writer_label=proc_name)
+        oracles.check_store(self, owner, frames, index, vma, writer_label=proc_name, mapped=True)
         self.frames.content[frames] = value
         return report
 

@@ -122,9 +122,10 @@ class ReportedKeys:
 
 
 def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex, vma: VMA,
-                writer_label: str) -> None:
+                writer_label: str, *, mapped: bool = False) -> None:
     """Report leaks for a store by ``writer`` into ``frames`` (of ``vma`` at ``pages``;
-    unique frames, the writer holding a reference to each)."""
+    unique frames, the writer holding a reference to each).  ``mapped``: the frames are
+    the ones the writer's PTEs map at ``pages`` (a CPU store, not a device's DMA)."""
     if vma.shared or frames.size == 0:
         return
     pg = k.frames
@@ -136,6 +137,8 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
     if count < frames.size:
         frames, pages, refcount = frames[maybe], pages[maybe], refcount[maybe]
     mapcount = pg.mapcount[frames]
+    if mapped and not k.pipes and not k.refs and not np.count_nonzero(mapcount > 1):
+        return  # no holder, and no frame mapped by anyone but the writer: no leak
     flags = pg.flags[frames]
     own_map = (vma.pfn[pages] == frames).astype(np.int32)
     extra_refs = refcount - mapcount
