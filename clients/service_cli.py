@@ -87,10 +87,10 @@ from rich.table import Table
 from cowsim.clients import render
 from cowsim.clients.output import say
 from cowsim.clients.service_client import Client, ServiceCallError
-from cowsim.sim import InvalidInput, check_seed, escape_control, format_seconds
+from cowsim.sim import InvalidInput, check_seed, escape_control, format_seconds, read_text
 from cowsim.v1 import cowsim_pb2 as pb
 
-__all__ = ["COMMANDS", "SERVER_ENV", "add_commands", "main", "read_spec_file", "run_record"]
+__all__ = ["COMMANDS", "SERVER_ENV", "add_commands", "main", "run_record"]
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -99,8 +99,6 @@ SERVER_ENV = "COWSIM_SERVER"
 """The environment variable ``--server`` defaults to."""
 CALL_TIMEOUT_SECONDS = 30.0
 """The deadline of each unary call (a watch has none: a run may take hours)."""
-MAX_SPEC_BYTES = 4 << 20
-"""The largest spec file read: the limit ``cowsim run`` reads files by."""
 MAX_SOURCE_NAME_CHARS = 256
 """The longest file name sent with a spec (the server refuses longer ones)."""
 MAX_CREDENTIAL_FILE_BYTES = 1 << 20
@@ -234,26 +232,6 @@ def connection_from_args(args: argparse.Namespace) -> Connection:
     roots = _read_small_file(args.tls_ca, "--tls-ca") if args.tls_ca is not None else None
     return Connection(target=target, token=token, root_certificates=roots, tls=args.tls,
                       server_name=args.tls_server_name)
-
-
-def read_spec_file(path: str) -> str:
-    """A spec file's text, read as ``cowsim run`` reads it (a regular file of at most 4 MiB,
-    UTF-8); every failure is an InvalidInput whose source is the file, with the same message."""
-    try:
-        with open(path, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise InvalidInput("cannot read file: not a regular file", source=path)
-            raw = handle.read(MAX_SPEC_BYTES + 1)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read file: {exc.strerror or exc}", source=path) from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise InvalidInput(f"cannot read file: larger than {MAX_SPEC_BYTES >> 20} MiB",
-                           source=path)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"cannot read file: not UTF-8 text ({exc.reason} at byte {exc.start})",
-                           source=path) from None
 
 
 def _source_name(path: str) -> str:
@@ -574,7 +552,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
                 check_seed(args.seed, path=())
             except InvalidInput as exc:
                 raise exc.within(source="--seed") from None
-        text = read_spec_file(args.spec)
+        text = read_text(args.spec)
     try:
         with connection.client() as client:
             if text is not None:

@@ -39,6 +39,7 @@ from cowsim.sim.errors import (
     KernelVersionError,
     escape_control,
 )
+from cowsim.sim.inputs import MAX_DOCUMENT_BYTES, read_text
 from cowsim.sim.kernel import (
     ERAS,
     WHAT_IFS,
@@ -77,6 +78,7 @@ __all__ = [
     "COW_CAUSES",
     "ERAS",
     "FAULT_TYPES",
+    "MAX_DOCUMENT_BYTES",
     "NEWEST_KNOWN_VERSION",
     "SUMMARY_COUNTERS",
     "VIOLATION_KINDS",
@@ -121,6 +123,7 @@ __all__ = [
     "parse_scenario",
     "parse_spec",
     "plan_run",
+    "read_text",
     "result",
     "run",
     "run_scenario",
