@@ -92,8 +92,12 @@ _RW = Pte.RW.u16
 _DIRTY = Pte.DIRTY.u16
 _SWAP = Pte.SWAP.u16
 _UFFD_WP = Pte.UFFD_WP.u16
-_SWAP_OR_UFFD_WP = (Pte.SWAP | Pte.UFFD_WP).u16
-_BATCH_OR_SWAPCACHE = np.uint8(PG_lru_batch | PG_swapcache)
+# Python ints, for tests of one reduced value (a numpy scalar operation costs more).
+_RW_BIT = int(Pte.RW)
+_DIRTY_BIT = int(Pte.DIRTY)
+_SWAP_OR_UFFD_WP = int(Pte.SWAP | Pte.UFFD_WP)
+_LRU_BATCH_BIT = int(PG_lru_batch)
+_BATCH_OR_SWAPCACHE = int(PG_lru_batch | PG_swapcache)
 _ANONYMOUS = FaultFlags.ANONYMOUS.u8
 _ZERO_READ = (FaultFlags.ANONYMOUS | FaultFlags.ZERO_PAGE).u8
 _SHMEM = FaultFlags.SHMEM.u8
@@ -153,10 +157,10 @@ def fault_in_writable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu
     if pages.size == 0:
         return FaultReport(pages)
     pte = vma.pte[pages]
-    common = np.bitwise_and.reduce(pte)
-    if common & _RW:
+    common = int(np.bitwise_and.reduce(pte))
+    if common & _RW_BIT:
         # The hot path: every PTE is writable already, nothing faults.
-        if store and not common & _DIRTY:
+        if store and not common & _DIRTY_BIT:
             vma.pte[pages] = pte | _DIRTY
         return FaultReport(pages)
     # Only the pages without a writable PTE fault (only present PTEs carry RW); the
@@ -188,16 +192,16 @@ def _wp_faults_at_once(vmf: VmFault, pages: PageIndex, pte: PteArray, flags: Fla
     (:func:`split_runs`) of write-protect faults (:func:`handle_pte_fault`), and what
     was read to see so is not read again.  Returns whether it applied."""
     k, vma = vmf.k, vmf.vma
-    if vma.shared or np.bitwise_or.reduce(pte) & _SWAP_OR_UFFD_WP:
+    if vma.shared or int(np.bitwise_or.reduce(pte)) & _SWAP_OR_UFFD_WP:
         return False
     whole = pages.size == vma.npages  # (ascending and unique: every page of the VMA)
     frames = vma.pfn if whole else vma.pfn[pages]
-    if frames.min() <= ZERO_PFN:
+    if int(frames.min()) <= ZERO_PFN:
         return False
     if whole:
         frames = frames.copy()  # the handlers remap vma.pfn; keep the old frames
     page_flags = k.frames.flags[frames]
-    if np.bitwise_or.reduce(page_flags) & PG_lru_batch:
+    if int(np.bitwise_or.reduce(page_flags)) & _LRU_BATCH_BIT:
         return False
     k.counters.fault("wp", pages.size)
     flags[:], copied = do_wp_page(vmf, pages, frames=frames, page_flags=page_flags, pte=pte)
@@ -222,7 +226,7 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
     k, vma, write = vmf.k, vmf.vma, vmf.write
     new_frames: list[tuple[PageIndex, FrameArray]] = []
     pfn, pte = vma.pfn[pages], vma.pte[pages]
-    if write and not np.bitwise_or.reduce(pte) & _SWAP_OR_UFFD_WP and pfn.min() >= 0:
+    if write and not int(np.bitwise_or.reduce(pte)) & _SWAP_OR_UFFD_WP and int(pfn.min()) >= 0:
         # The common write fault: every PTE present, none a swap entry or uffd-protected,
         # so only write-protect faults remain (the same steps as below, read once).
         read_only = (pte & _RW) == 0
@@ -427,7 +431,7 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int,
     # PAGE_COUNT_DRAIN (5.18+), after the PageAnonExclusive shortcut (5.19+).  Flags and
     # refcounts are read once, and again only after a step that changes them.
     refcount = pg.refcount[frames]
-    if not np.bitwise_or.reduce(page_flags) & _BATCH_OR_SWAPCACHE:
+    if not int(np.bitwise_or.reduce(page_flags)) & _BATCH_OR_SWAPCACHE:
         # No page in an LRU-add batch or the swap cache: nothing to drain or free, and
         # the steps below reduce to this.
         sole_reference: npt.NDArray[np.bool_] = refcount == 1

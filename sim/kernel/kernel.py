@@ -52,7 +52,7 @@ MAX_REGION_PAGES = 1 << 30
 
 def _no_zero(frames: FrameArray) -> FrameArray:
     """The frames less the zero page (which is never refcounted)."""
-    if frames.size == 0 or frames.min() > ZERO_PFN:
+    if frames.size == 0 or int(frames.min()) > ZERO_PFN:
         return frames
     nonzero: FrameArray = frames[frames != ZERO_PFN]
     return nonzero
