@@ -23,23 +23,9 @@ from typing import Any
 from cowsim.service.auth import read_token
 from cowsim.service.limits import Limits
 from cowsim.service.server import ServerConfig, serve
-from cowsim.sim import InvalidInput
+from cowsim.sim import InvalidInput, parse_bytes
 
-__all__ = ["add_command", "config_from_args", "main", "parse_metrics_port", "parse_size_bytes"]
-
-_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30,
-          "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
-
-
-def parse_size_bytes(text: str) -> int:
-    """``"4GiB"``, ``"512MiB"``, ``"1073741824"`` → bytes (binary units); ValueError else."""
-    stripped = text.strip().lower()
-    number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = stripped[len(number):]
-    if unit not in _UNITS or not number.strip().isdigit():
-        raise ValueError(f"a size is a whole number with an optional KiB/MiB/GiB/TiB, not {text!r}")
-    return int(number) * _UNITS[unit]
-
+__all__ = ["add_command", "config_from_args", "main", "parse_metrics_port"]
 
 def add_command(commands: Any) -> None:
     serve_parser = commands.add_parser("serve", help="run the gRPC service")
@@ -90,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if not 0 <= args.port <= 65535:
         raise InvalidInput(f"a port is 0 … 65535, not {args.port}", source="--port")
     try:
-        memory = parse_size_bytes(args.worker_memory)
+        memory = parse_bytes(args.worker_memory)
     except ValueError as exc:
         raise InvalidInput(str(exc), source="--worker-memory") from None
     try:
@@ -114,8 +100,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``cowsim serve`` until SIGTERM/SIGINT; 0 after a clean stop."""
+    """Run ``cowsim serve`` until SIGTERM/SIGINT; 0 after a clean stop.  A server that
+    cannot start (a port in use, a data directory it cannot write) is one line, exit 2."""
     config = config_from_args(args)
     logging.basicConfig(level=logging.INFO, format="cowsim serve: %(message)s")
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except (OSError, RuntimeError) as exc:
+        raise InvalidInput(f"cannot start: {exc}", source="serve") from None
     return 0

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,7 @@ class CowsimServer:
     async def start(self) -> int:
         """Open the store, recover queued runs, start workers and listen; the port bound."""
         config = self.config
+        check_can_listen(config.host, config.port)  # before anything starts
         if self.exporter is not None and config.metrics_port is not None:
             self.metrics_http = MetricsHTTPServer(self.exporter.registry, config.host,
                                                   config.metrics_port)
@@ -169,6 +171,25 @@ class CowsimServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail with one clear line (RuntimeError) when ``host:port`` cannot be bound, before
+    gRPC tries and logs its own multi-line complaint.  Port 0 always can."""
+    if port == 0:
+        return
+    name = host.strip("[]") or "::"
+    try:
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, proto, _name, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 async def serve(config: ServerConfig, observer: Observer | None = None) -> None:

@@ -66,7 +66,7 @@ from cowsim.sim.plan import RunPlan, check_seed, plan_run
 from cowsim.sim.scenario import Scenario, ScenarioResult, load_scenario, parse_scenario, run_scenario
 from cowsim.sim.scenario.runner import SUMMARY_COUNTERS
 from cowsim.sim.spec import WorkloadSpec, json_schema, load_spec, parse_spec
-from cowsim.sim.units import format_bytes, format_rate, format_seconds
+from cowsim.sim.units import format_bytes, format_rate, format_seconds, parse_bytes
 
 try:
     __version__ = metadata.version("cowsim")
@@ -120,6 +120,7 @@ __all__ = [
     "kernel_choices",
     "load_scenario",
     "load_spec",
+    "parse_bytes",
     "parse_scenario",
     "parse_spec",
     "plan_run",

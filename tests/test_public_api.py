@@ -28,7 +28,7 @@ PUBLIC = [
     "WORKLOAD_COUNTERS", "WorkloadSpec", "__version__", "all_generations", "changes_in",
     "check_seed", "escape_control", "format_bytes", "format_rate", "format_seconds",
     "generation_for", "generations_for", "json_schema", "kernel_choices", "load_scenario",
-    "load_spec", "parse_scenario", "parse_spec", "plan_run", "read_text", "result", "run",
+    "load_spec", "parse_bytes", "parse_scenario", "parse_spec", "plan_run", "read_text", "result", "run",
     "run_scenario", "simulate",
 ]
 

@@ -8,7 +8,9 @@ fraction of a simulated second, so each run takes well under a second.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -363,3 +365,18 @@ def test_tls_server_refuses_plaintext(secure_server: ServerThread) -> None:
             pytest.raises(ServiceCallError) as error:
         plain.list_kernels()
     assert error.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for options in (["--port", str(port), "--metrics-port", "off"],
+                        ["--port", "0", "--metrics-port", str(port)]):
+            done = subprocess.run([sys.executable, "-m", "cowsim.clients.cli", "serve", "--host",
+                                   "127.0.0.1", "--data-dir", str(tmp_path / "data"), *options],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2
+            assert done.stderr.count("\n") == 1
+            assert "Address already in use" in done.stderr
