@@ -11,6 +11,7 @@ and exactly one line on stderr for exit 2.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -49,8 +50,11 @@ HOSTILE: list[Any] = [
     "latest", "all", "x" * 300, "a\nb\x1b[31m\u202e", "[/]", True, False, None, [], {}, [1, 2, 3],
     {"a": 1}, [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]],
 ]
-hostile_values = st.one_of(st.sampled_from(HOSTILE), st.integers(), st.floats(),
-                           st.text(max_size=12))
+# A fresh copy of each drawn value: a later mutation may edit inside an inserted list or
+# dict, which must not change HOSTILE itself (hypothesis replays draws and would see
+# different documents: FlakyStrategyDefinition).
+hostile_values = st.one_of(st.sampled_from(HOSTILE).map(copy.deepcopy), st.integers(),
+                           st.floats(), st.text(max_size=12))
 
 
 def paths(value: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
