@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -380,3 +381,34 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
             assert done.returncode == 2
             assert done.stderr.count("\n") == 1
             assert "Address already in use" in done.stderr
+
+
+def _slow_scenario(forks: int) -> str:
+    steps = ["  - {op: mmap, proc: p, region: heap, pages: 262144}",
+             "  - {op: write, proc: p, region: heap, value: 1}"]
+    for i in range(forks):
+        steps += [f"  - {{op: fork, proc: p, child: c{i}}}",
+                  f"  - {{op: write, proc: p, region: heap, value: {i + 2}}}",
+                  f"  - {{op: exit, proc: c{i}}}"]
+    return "name: slow\nsteps:\n" + "\n".join(steps) + "\n"
+
+
+def test_a_passed_deadline_stops_the_scenario_worker(client: Client, server: ServerThread) -> None:
+    manager = server.server.manager
+    assert manager is not None
+    client.list_kernels()
+    pids = [slot.pid for slot in manager.slots]
+    with pytest.raises(ServiceCallError) as error:
+        client.run_scenario(_slow_scenario(400), file_name="slow.yaml", kernel="6.8",
+                            timeout_seconds=1.0)
+    assert error.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # the worker running it is killed (not left to finish a run nobody waits for) ...
+    deadline = time.monotonic() + 30
+    while any(slot.busy for slot in manager.slots) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(slot.busy for slot in manager.slots)
+    assert any(slot.process is None or not slot.process.is_alive() or slot.pid != pid
+               for slot, pid in zip(manager.slots, pids, strict=True))
+    # ... and the next call is served
+    path = ROOT / "examples" / "scenarios" / "4.1-vmsplice-child-unmap.yaml"
+    assert client.run_scenario(path.read_text(), file_name=str(path), kernel="6.8").results
