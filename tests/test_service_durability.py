@@ -73,14 +73,15 @@ class ServeProcess:
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cowsim.clients.cli", "serve", "--host", "127.0.0.1",
-             "--port", "0", "--data-dir", str(data_dir), "--workers", "1", *extra],
+             "--port", "0", "--metrics-port", "0", "--data-dir", str(data_dir), "--workers", "1",
+             *extra],
             stderr=subprocess.PIPE, text=True)
         assert self.process.stderr is not None
         self.port = 0
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             line = self.process.stderr.readline()
-            found = re.search(r"serving on .*:(\d+)", line)
+            found = re.search(r"serving on [^,\s]*:(\d+)", line)
             if found:
                 self.port = int(found.group(1))
                 break
