@@ -148,8 +148,10 @@ class CowsimServer:
         if self.metrics_port is None:
             log.info("cowsim serving on %s:%d", config.host, self.port)
         else:
+            # a wildcard address is no URL: name the loopback one, which it includes
+            url_host = "localhost" if config.host in ("[::]", "::", "0.0.0.0", "") else config.host
             log.info("cowsim serving on %s:%d, metrics on http://%s:%d/metrics", config.host,
-                     self.port, config.host, self.metrics_port)
+                     self.port, url_host, self.metrics_port)
         return self.port
 
     async def stop(self, drain_seconds: float | None = None) -> None:

@@ -96,7 +96,7 @@ class _RunViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunView.Value
     RUN_VIEW_UNSPECIFIED: _RunView.ValueType  # 0
     """GetRun: FULL; ListRuns: BASIC."""
     RUN_VIEW_BASIC: _RunView.ValueType  # 1
-    """Everything but the result."""
+    """Everything but the spec text and the result."""
     RUN_VIEW_FULL: _RunView.ValueType  # 2
     """With the result (typed fields and result_json)."""
 
@@ -106,7 +106,7 @@ class RunView(_RunView, metaclass=_RunViewEnumTypeWrapper):
 RUN_VIEW_UNSPECIFIED: RunView.ValueType  # 0
 """GetRun: FULL; ListRuns: BASIC."""
 RUN_VIEW_BASIC: RunView.ValueType  # 1
-"""Everything but the result."""
+"""Everything but the spec text and the result."""
 RUN_VIEW_FULL: RunView.ValueType  # 2
 """With the result (typed fields and result_json)."""
 Global___RunView: _TypeAlias = RunView  # noqa: Y015
