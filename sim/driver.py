@@ -52,6 +52,7 @@ from cowsim.sim.metrics import Recorder
 from cowsim.sim.plan import plan_run
 from cowsim.sim.sampler import sampler
 from cowsim.sim.spec import WorkloadSpec
+from cowsim.sim.timeline import series_dict
 from cowsim.sim.workloads import starter
 
 __all__ = ["PAGE_SIZE", "SLICE_SECONDS", "WORKLOAD_COUNTERS", "ProgressEvent", "build", "drive",
@@ -250,6 +251,7 @@ def result(sim: Simulation, wall_seconds: float | None) -> dict[str, Any]:
         "metrics": metrics,
         "processes": processes,
         "violations": [v.as_dict() for v in violations[:RESULT_VIOLATIONS]],
+        "series": series_dict(sim),
     }
 
 

@@ -37,6 +37,7 @@ from cowsim.sim.machine.machine import Machine
 from cowsim.sim.machine.pricing import Pricing
 from cowsim.sim.metrics import Recorder
 from cowsim.sim.spec import WorkloadSpec
+from cowsim.sim.timeline import Timeline
 
 PAGE_SIZE = 4096
 """Bytes in a base page."""
@@ -92,6 +93,8 @@ class Simulation:
     """What workloads keep back to record in batches; :meth:`flush` records it."""
     live: LiveHistograms | None = None
     """Set while someone listens to progress: every observation is also handed to it."""
+    timeline: Timeline = field(default_factory=Timeline)
+    """Counters and histograms sampled over simulated time (the result's ``"series"``)."""
     _streams: int = 0
     _seen: list[int] = field(default_factory=list)
     """The kernel counters as :meth:`call` last saw them, at ``_seen_changes``."""
@@ -131,6 +134,7 @@ class Simulation:
     def observe(self, name: str, values: float | npt.NDArray[np.float64], *, process: str) -> None:
         """Record histogram observations (simulated seconds) for ``process``."""
         self.recorder.observe(name, values, process=process)
+        self.timeline.tap.add(name, values)
         if self.live is not None:
             self.live.add(name, values)
 
@@ -187,6 +191,7 @@ class Observations:
 
     def add(self, values: npt.NDArray[np.float64]) -> None:
         """Values (kept, not copied: the caller must not change them) to record later."""
+        self.sim.timeline.tap.add(self.name, values)
         if self.sim.live is not None:
             self.sim.live.add(self.name, values)
         self.batches.append(values)

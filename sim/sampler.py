@@ -12,6 +12,10 @@ through faults that map a page, copies, frees, allocations, swap-outs, TLB-flush
 operations (fork, munmap, exit, mprotect) or a process coming or going, all of which
 move the kernel's counters (:data:`MAPPING_COUNTERS`); when none moved, the previous
 sample is recorded again.
+
+At the same instants it samples the run's :class:`~cowsim.sim.timeline.Timeline`
+(cumulative counters and histogram buckets, a few dict reads), so a run's COW rate
+and latency quantiles can be drawn over its simulated time.
 """
 
 from __future__ import annotations
@@ -105,5 +109,6 @@ def sampler(sim: Simulation) -> Generator[Any, Any, None]:
         for name, (shared, exclusive) in samples.items():
             sim.recorder.sample("shared_pages", now, shared, process=name)
             sim.recorder.sample("exclusive_pages", now, exclusive, process=name)
+        sim.timeline.sample(sim, now)
         sim.note_memory()
         yield sim.env.timeout(interval)
