@@ -31,7 +31,7 @@ from importlib import metadata
 
 from rich.console import Console
 
-from cowsim.clients import render, service_cli, workload_cli
+from cowsim.clients import export_cli, render, service_cli, workload_cli
 from cowsim.clients.output import say
 from cowsim.service import cli as serve_cli
 from cowsim.sim import (
@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     workload_cli.add_commands(commands)
     serve_cli.add_command(commands)
     service_cli.add_commands(commands)
+    export_cli.add_commands(commands)
     return parser
 
 
@@ -183,6 +184,8 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return workload_cli.main(args, console)
     if args.command in service_cli.COMMANDS:
         return service_cli.main(args, console)
+    if args.command == "export":
+        return export_cli.main(args)
     return _scenario_run(args, console)
 
 

@@ -90,7 +90,7 @@ from cowsim.clients.service_client import Client, ServiceCallError
 from cowsim.sim import InvalidInput, check_seed, escape_control, format_seconds, read_text
 from cowsim.v1 import cowsim_pb2 as pb
 
-__all__ = ["COMMANDS", "SERVER_ENV", "add_commands", "main", "run_record"]
+__all__ = ["COMMANDS", "SERVER_ENV", "add_commands", "connection_parser", "main", "run_record"]
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -122,7 +122,8 @@ UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEAD
 
 # -- the command line --------------------------------------------------------------------
 
-def _connection_options() -> argparse.ArgumentParser:
+def connection_parser() -> argparse.ArgumentParser:
+    """The connection options every remote command takes (a parent parser)."""
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("server")
     group.add_argument("--server", metavar="HOST:PORT",
@@ -140,7 +141,7 @@ def _connection_options() -> argparse.ArgumentParser:
 
 def add_commands(commands: Any) -> None:
     """Add the remote-run subcommands to the ``cowsim`` parser."""
-    connection = [_connection_options()]
+    connection = [connection_parser()]
     submit = commands.add_parser("submit", parents=connection,
                                  help="submit a workload spec to a cowsim server")
     submit.add_argument("spec", metavar="SPEC")
