@@ -190,10 +190,12 @@ class Observations:
         sim.flushers.append(self.flush)
 
     def add(self, values: npt.NDArray[np.float64]) -> None:
-        """Values (kept, not copied: the caller must not change them) to record later."""
-        self.sim.timeline.tap.add(self.name, values)
-        if self.sim.live is not None:
-            self.sim.live.add(self.name, values)
+        """A 1-D float64 array of values (kept, not copied: the caller must not change it)
+        to record later."""
+        sim = self.sim
+        sim.timeline.tap.add_batch(self.name, values)
+        if sim.live is not None:
+            sim.live.add_batch(self.name, values)
         self.batches.append(values)
         self.size += values.size
         if self.size >= self.LIMIT:

@@ -67,11 +67,22 @@ class LiveHistograms:
         if batch.size:
             self._pending.setdefault(name, []).append(batch)
 
+    def add_batch(self, name: str, batch: npt.NDArray[np.float64]) -> None:
+        """:meth:`add` for a 1-D float64 array (a workload's batch of a tick, possibly
+        empty): kept as is."""
+        pending = self._pending.get(name)
+        if pending is None:
+            self._pending[name] = [batch]
+        else:
+            pending.append(batch)
+
     def take(self) -> dict[str, HistogramDelta]:
         """The observations since the last call, by histogram name, bucketed."""
         deltas: dict[str, HistogramDelta] = {}
         for name, batches in sorted(self._pending.items()):
             values = batches[0] if len(batches) == 1 else np.concatenate(batches)
+            if values.size == 0:
+                continue
             buckets = np.bincount(np.searchsorted(_BOUNDS, values, side="left"),
                                   minlength=_BOUNDS.size + 1)
             deltas[name] = HistogramDelta(tuple(buckets.tolist()), int(values.size),
