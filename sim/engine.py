@@ -99,6 +99,10 @@ class Simulation:
     _seen: list[int] = field(default_factory=list)
     """The kernel counters as :meth:`call` last saw them, at ``_seen_changes``."""
     _seen_changes: int = -1
+    _pending_proc: str | None = None
+    """The process whose calls moved the counters since ``_seen`` (not credited yet)."""
+    _pending_end: list[int] = field(default_factory=list)
+    """The counters at the end of its last call."""
     _peak_frames: int = -1
 
     @property
@@ -116,20 +120,49 @@ class Simulation:
              ) -> tuple[Any, dict[str, int]]:
         """Run a kernel operation on behalf of ``proc``; return its result and the kernel
         counter deltas, which are also credited to the process."""
+        self._credit_pending()
+        result = self.call_quiet(proc, operation, *args, **kwargs)
         counters = self.kernel.counters
-        if counters.changes != self._seen_changes:  # moved outside a call: look again
-            self._seen = list(counters.values())
-            self._seen_changes = counters.changes
-        result = operation(*args, **kwargs)
-        if counters.changes == self._seen_changes:
+        if self._pending_proc is None:
             return result, {}  # the common case: nothing counted, nothing to compare
         delta = {name: value - old for (name, value), old in zip(counters.items(), self._seen,
                                                                  strict=True) if value != old}
-        self._seen = list(counters.values())
-        self._seen_changes = counters.changes
-        if delta:
-            self.recorder.count_many(delta, process=proc)
+        self._credit_pending()
         return result, delta
+
+    def call_quiet(self, proc: str, operation: Callable[..., Any], *args: Any, **kwargs: Any
+                   ) -> Any:
+        """:meth:`call` for a caller that does not need the deltas (a tick's writes): they
+        are credited to the process later, in one step for a run of calls by the same
+        process — before another process's call, a change outside a call, or a read of
+        the results (:meth:`flush`)."""
+        counters = self.kernel.counters
+        if counters.changes != self._seen_changes:  # moved outside a call: settle, look again
+            self._credit_pending()
+            self._seen = list(counters.values())
+            self._seen_changes = counters.changes
+        elif self._pending_proc is not None and self._pending_proc != proc:
+            self._credit_pending()
+        result = operation(*args, **kwargs)
+        if counters.changes != self._seen_changes:
+            self._pending_proc = proc
+            self._pending_end = list(counters.values())
+            self._seen_changes = counters.changes
+        return result
+
+    def _credit_pending(self) -> None:
+        """Credit the counter deltas of the pending calls (up to the last one's end) to
+        their process."""
+        if self._pending_proc is None:
+            return
+        end = self._pending_end
+        delta = {name: value - old for name, value, old in zip(self.kernel.counters, end,
+                                                                self._seen, strict=True)
+                 if value != old}
+        if delta:
+            self.recorder.count_many(delta, process=self._pending_proc)
+        self._seen = end
+        self._pending_proc = None
 
     def observe(self, name: str, values: float | npt.NDArray[np.float64], *, process: str) -> None:
         """Record histogram observations (simulated seconds) for ``process``."""
@@ -164,6 +197,7 @@ class Simulation:
 
     def flush(self) -> None:
         """Record everything workloads keep back (before any result is read)."""
+        self._credit_pending()
         for flush in self.flushers:
             flush()
 

@@ -183,13 +183,13 @@ class Server:
         if sim.shortcuts and np.count_nonzero(vma.pte_write(occurrences)) == occurrences.size:
             # Steady state: every page is mapped writable, so no store can fault (and the
             # kernel sorts out repeated pages itself).
-            sim.call(self.proc, sim.kernel.write, self.proc, state.region, occurrences, value,
-                     cpu=cpu)
+            sim.call_quiet(self.proc, sim.kernel.write, self.proc, state.region, occurrences,
+                           value, cpu=cpu)
             return extra
         unique, first = first_occurrences(occurrences)
         with sim.machine.bill(cpu) as bill:
-            report, _delta = sim.call(self.proc, sim.kernel.write, self.proc, state.region, unique,
-                                      value, cpu=cpu)
+            report = sim.call_quiet(self.proc, sim.kernel.write, self.proc, state.region, unique,
+                                    value, cpu=cpu)
         page_ns = sim.pricing.page_faults_ns(report.flags, bill.ns)
         faulted = page_ns[report.flags != 0]
         if faulted.size:
