@@ -193,7 +193,7 @@ class VMA:
         if index.size > 1 and np.count_nonzero(index[1:] <= index[:-1]):
             index = np.sort(index)
             index = index[np.concatenate(([True], index[1:] != index[:-1]))]
-        if index.size and (index[0] < 0 or index[-1] >= self.npages):
+        if index.size and (int(index[0]) < 0 or int(index[-1]) >= self.npages):
             bad = int(index[0] if index[0] < 0 else index[-1])
             raise KernelOpError(
                 "pages", f"page {bad} is outside region {self.region!r} of {self.npages} pages"
