@@ -25,13 +25,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cowsim.sim.kernel.counters import COW_CAUSES, FAULT_TYPES, VIOLATION_KINDS
 from cowsim.sim.live import BOUNDS_SECONDS, LiveHistograms
 
 if TYPE_CHECKING:
     from cowsim.sim.engine import Simulation
 
-__all__ = ["MACHINE_COUNTERS", "TIMELINE_COUNTERS", "WORKLOAD_COUNTERS", "Timeline",
+__all__ = ["MACHINE_COUNTERS", "MAX_POINTS", "TIMELINE_COUNTERS", "WORKLOAD_COUNTERS", "Timeline",
            "series_dict", "workload_label"]
 
 KERNEL_COUNTERS = (
@@ -50,6 +52,15 @@ TIMELINE_COUNTERS = (*KERNEL_COUNTERS, *MACHINE_COUNTERS, *WORKLOAD_COUNTERS)
 _SIGNIFICANT = 12
 """Digits a histogram's running sum keeps in the result (byte-stable JSON)."""
 
+MAX_POINTS = 1024
+"""Instants a timeline keeps at most, and the result's series.  A longer run is thinned
+evenly: when the timeline holds ``2 * MAX_POINTS`` instants every other one is dropped and
+from then on only every ``stride``-th sample is kept (the stride doubles each time), so
+memory and the result stay bounded however long the run (a week at 1 ms would otherwise be
+6·10^8 samples) and the instants kept stay evenly spaced; cumulative values at the kept
+instants are exact.  The recorder's series are thinned to at most as many points when the
+result is built."""
+
 
 def workload_label(sim: Simulation) -> str:
     """The spec's workload kinds, sorted and joined with ``+`` (the ``workload`` label)."""
@@ -67,18 +78,35 @@ class Timeline:
         self._buckets: dict[str, list[int]] = {}
         self._sums: dict[str, float] = {}
         self.histograms: dict[str, dict[str, list[Any]]] = {}
+        self.stride = 1
+        """Every ``stride``-th sample is kept (:data:`MAX_POINTS`)."""
+        self._samples = 0
 
-    def sample(self, sim: Simulation, now: float) -> None:
-        """Record the counters and histograms as they stand at simulated time ``now``."""
+    def sample(self, sim: Simulation, now: float, *, final: bool = False) -> None:
+        """Record the counters and histograms as they stand at simulated time ``now`` (the
+        ``final`` sample at the end of a run always)."""
         if self.times and now <= self.times[-1]:
             return  # (the final sample of :func:`series_dict` may fall on the last one)
-        kernel, machine = sim.kernel.counters, sim.machine.counters
-        for name in KERNEL_COUNTERS:
-            self.counters[name].append(int(kernel[name]))
-        for name in MACHINE_COUNTERS:
-            self.counters[name].append(int(getattr(machine, name)))
-        for name in WORKLOAD_COUNTERS:
-            self.counters[name].append(sim.recorder.counter(name))
+        index = self._samples
+        self._samples += 1
+        if index % self.stride and not final:
+            self._absorb_histograms()  # keep the buckets running; record no instant
+            return
+        self._record(sim, now)
+        if len(self.times) >= 2 * MAX_POINTS and not final:
+            self._thin()
+
+    def _thin(self) -> None:
+        """Drop every other instant kept (the odd ones) and double the stride."""
+        self.times = self.times[::2]
+        for name, values in self.counters.items():
+            self.counters[name] = values[::2]
+        for histogram in self.histograms.values():
+            histogram["buckets"] = histogram["buckets"][::2]
+            histogram["sum"] = histogram["sum"][::2]
+        self.stride *= 2
+
+    def _absorb_histograms(self) -> None:
         for name, delta in self.tap.take().items():
             if name not in self._buckets:
                 self._buckets[name] = [0] * (len(BOUNDS_SECONDS) + 1)
@@ -86,9 +114,19 @@ class Timeline:
                 self.histograms[name] = {"buckets": [[0] * (len(BOUNDS_SECONDS) + 1)
                                                      for _ in self.times], "sum": [0.0] * len(self.times)}
             running = self._buckets[name]
-            for index, count in enumerate(delta.bucket_counts):
-                running[index] += count
+            for position, count in enumerate(delta.bucket_counts):
+                running[position] += count
             self._sums[name] += delta.sum_seconds
+
+    def _record(self, sim: Simulation, now: float) -> None:
+        kernel, machine = sim.kernel.counters, sim.machine.counters
+        for name in KERNEL_COUNTERS:
+            self.counters[name].append(int(kernel[name]))
+        for name in MACHINE_COUNTERS:
+            self.counters[name].append(int(getattr(machine, name)))
+        for name in WORKLOAD_COUNTERS:
+            self.counters[name].append(sim.recorder.counter(name))
+        self._absorb_histograms()
         for name, running in self._buckets.items():
             cumulative, total = [], 0
             for count in running:
@@ -113,13 +151,16 @@ def series_dict(sim: Simulation) -> dict[str, Any]:
     ``{"interval": s, "workload": label, "run": {name: {"t", "v"}},
     "processes": {process: {name: {"t", "v"}}}, "timeline": Timeline.as_dict()}``.
     """
-    sim.timeline.sample(sim, float(sim.env.now))
+    sim.timeline.sample(sim, float(sim.env.now), final=True)
     recorder = sim.recorder
 
     def scope(process: str | None) -> dict[str, dict[str, list[float]]]:
         out = {}
         for name in recorder.series_names(process):
             times, values = recorder.series(name, process)
+            if times.size > MAX_POINTS:  # evenly thinned, the first and last kept
+                keep = np.unique(np.linspace(0, times.size - 1, MAX_POINTS).round().astype(np.int64))
+                times, values = times[keep], values[keep]
             out[name] = {"t": times.tolist(), "v": values.tolist()}
         return out
 
