@@ -4,8 +4,12 @@
   ``python tools/gen_dashboards.py`` writes (regenerated into a temporary folder here).
 * Every name a panel queries is an exported metric (service/metrics.py) or a recording
   rule of ``deploy/prometheus/rules/cowsim-recording.yml`` — a typo here would be a panel
-  that is silently empty.  ``tests/test_deploy_prometheus.py`` (slow) goes further and
-  runs every query against a real Prometheus.
+  that is silently empty.  The run timeline (``dashboards/timeline/``) reads a backfilled
+  run, where neither the rules nor the service's metrics exist: every name it queries is
+  one ``cowsim export openmetrics`` writes (clients/openmetrics.py; ``tests/test_backfill.py``
+  sends its queries to a real Prometheus).  ``tests/test_deploy_prometheus.py`` (slow) goes
+  further and runs every query of the live dashboards (the top folder) against a real
+  Prometheus scraping a server.
 * ``promtool check config``, ``check rules`` and ``test rules`` (the alert unit tests in
   ``deploy/prometheus/tests/``) pass: skipped only when promtool is missing outside CI;
   with ``CI`` set a missing promtool fails (.ci/run installs Debian's ``prometheus``).
@@ -24,7 +28,9 @@ from typing import Any
 import pytest
 import yaml
 
+from cowsim.clients.openmetrics import GAUGES, openmetrics_text
 from cowsim.service.metrics import PrometheusExporter
+from cowsim.sim import parse_spec, run
 from tools import gen_dashboards
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,15 +52,17 @@ def promtool() -> str:
 
 
 def checked_in() -> dict[str, dict[str, Any]]:
-    return {path.name: json.loads(path.read_text(encoding="utf-8"))
-            for path in sorted((GRAFANA / "dashboards").glob("*.json"))}
+    """Every dashboard JSON, sub-folders included, by its path under the folder."""
+    folder = GRAFANA / "dashboards"
+    return {path.relative_to(folder).as_posix(): json.loads(path.read_text(encoding="utf-8"))
+            for path in sorted(folder.rglob("*.json"))}
 
 
 def test_the_dashboards_are_the_generators(tmp_path: Path) -> None:
     written = gen_dashboards.generate(tmp_path)
-    assert {path.name for path in written} == set(checked_in())
+    assert {path.relative_to(tmp_path).as_posix() for path in written} == set(checked_in())
     for path in written:
-        stored = GRAFANA / "dashboards" / path.name
+        stored = GRAFANA / "dashboards" / path.relative_to(tmp_path)
         assert path.read_text(encoding="utf-8") == stored.read_text(encoding="utf-8"), \
             f"{stored} is stale: run python tools/gen_dashboards.py"
 
@@ -87,6 +95,43 @@ def _known_names() -> set[str]:
     return exported | recorded | {"up"}
 
 
+# A small run with a fork and every histogram the timeline draws: what it exports.
+_TINY_FORK = """
+name: names
+kernel: "6.8"
+duration: 300ms
+seed: 1
+metrics_interval: 100ms
+processes:
+  - name: server
+    memory: 1MiB
+    threads: 1
+    workloads:
+      - kind: forking_server
+        requests: {rate: 2k/s, write_fraction: 0.5, service: 5us}
+        fork: {mode: periodic, first_at: 100ms, every: 10s, snapshot: {scan_rate: 16MiB/s}}
+"""
+
+
+def _backfilled_names() -> set[str]:
+    """Every series name ``cowsim export openmetrics`` writes for a run (its TYPE lines:
+    a counter family's series end in _total, a histogram's are _bucket/_sum/_count)."""
+    text = openmetrics_text(run(parse_spec(_TINY_FORK)), start=1_700_000_000.0)
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(" ")
+            names.add(family + "_total" if kind == "counter" else family)
+    return names
+
+
+def test_the_backfilled_names_are_the_live_ones_plus_the_gauges() -> None:
+    """A backfilled run's counters and histograms are named as the live exporter's."""
+    gauges = {metric for metric, _, _ in GAUGES.values()}
+    assert gauges <= _backfilled_names()
+    assert _backfilled_names() - gauges <= _known_names()
+
+
 def _names(expr: str) -> set[str]:
     """The metric names in a PromQL expression (a rough lexer: no strings, no keywords)."""
     text = re.sub(r'"[^"]*"', '""', expr)  # label values
@@ -98,8 +143,9 @@ def _names(expr: str) -> set[str]:
 
 
 def test_every_queried_name_exists() -> None:
-    known = _known_names()
+    live, backfilled = _known_names(), _backfilled_names()
     for name, model in checked_in().items():
+        known = backfilled if name.startswith(f"{gen_dashboards.TIMELINE_DIR}/") else live
         for title, target in gen_dashboards.panel_queries(model):
             for metric in _names(target["expr"]):
                 family = _HISTOGRAM_SERIES.sub("", metric)  # x_bucket is a series of x

@@ -93,15 +93,17 @@ def quantiles(bucket_rates: str, by: str, what: str) -> tuple[Query, ...]:
                        f"p{round(q * 100)} {what}") for q in QUANTILES)
 
 
-def run_variables(board: dashboard.Dashboard) -> dashboard.Dashboard:
-    """The data source, ``kernel`` and ``workload`` variables (workload follows kernel).
+def run_variables(board: dashboard.Dashboard,
+                  listing: str = "cowsim_wp_reuses_total") -> dashboard.Dashboard:
+    """The data source, ``kernel`` and ``workload`` variables (workload follows kernel),
+    listed from the series of ``listing``.
 
     ``cowsim_wp_reuses_total`` has one series per (kernel, workload) pair, created when
     the server first sees the pair, so it lists every pair cheaply."""
     board = board.with_variable(dashboard.DatasourceVariable("datasource").label("Data source")
                                 .type("prometheus"))
-    for name, query in (("kernel", "label_values(cowsim_wp_reuses_total, kernel)"),
-                        ("workload", 'label_values(cowsim_wp_reuses_total{kernel=~"$kernel"}, '
+    for name, query in (("kernel", f"label_values({listing}, kernel)"),
+                        ("workload", f'label_values({listing}{{kernel=~"$kernel"}}, '
                                      "workload)")):
         board = board.with_variable(
             dashboard.QueryVariable(name).label(name.capitalize()).datasource(DATASOURCE)
@@ -233,12 +235,83 @@ def correctness() -> dashboard.Dashboard:
               "{{kind}} {{kernel}}"), width=24))
 
 
+WINDOWS = ("1s", "5s", "15s", "1m", "5m")
+"""Choices of the timeline's ``$window`` (the rate window): a backfilled run is sampled
+every ``metrics_interval`` (default 1s, 100ms to see a fork's burst), not every scrape."""
+TIMELINE_DIR = "timeline"
+"""The timeline's sub-folder of the dashboards: what it queries is backfilled, not scraped
+(no recording rules, no service metrics), so the live checks of the top folder
+(``tests/test_deploy_prometheus.py``) leave it to ``tests/test_backfill.py``."""
+
+
+def timeline() -> dashboard.Dashboard:
+    """One run's history in simulated time, as ``cowsim export openmetrics`` backfills it.
+
+    Only the exported names (clients/openmetrics.py): the sampled gauges, the counters'
+    cumulative values and the histograms' buckets, with rates over ``$window``."""
+    board = (dashboard.Dashboard("cowsim / run timeline").uid("cowsim-run-timeline")
+             .description("One run backfilled with cowsim export openmetrics RUN --start TIME "
+                          "| promtool tsdb create-blocks-from openmetrics: memory, shared vs "
+                          "exclusive pages, COW rate, latency quantiles and violations over "
+                          "its simulated time (TIME + t).  Set the time range to the run's "
+                          "and $window to about 10 samples (metrics_interval).")
+             .tags(["cowsim", "timeline"]).time("now-1h", "now").timezone("browser").readonly())
+    board = run_variables(board, "cowsim_memory_bytes")
+    board = board.with_variable(
+        dashboard.CustomVariable("window").label("Rate window").values(",".join(WINDOWS))
+        .current(models.VariableOption(text=WINDOWS[0], value=WINDOWS[0], selected=True)))
+    copies = f"cowsim_cow_copies_total{{{RUN}}}"
+    board = (board.with_row(dashboard.Row("Memory"))
+             .with_panel(graph("Memory", "Physical memory in use (the run).", "bytes",
+                               Query(f'cowsim_memory_bytes{{{RUN}, process=""}}',
+                                     "{{kernel}} {{workload}}")))
+             .with_panel(graph("Shared vs exclusive pages", "Resident pages of each process "
+                               "another process maps too (left to copy on write) and those it "
+                               "maps alone.", "short",
+                               Query(f"cowsim_shared_pages{{{RUN}}}", "shared {{process}}"),
+                               Query(f"cowsim_exclusive_pages{{{RUN}}}",
+                                     "exclusive {{process}}"))))
+    board = (board.with_row(dashboard.Row("Copy on write"))
+             .with_panel(graph("COW rate by cause", "Pages copied per simulated second, over "
+                               "$window.", "ops",
+                               Query(f"sum by (cause) (rate({copies}[$window]))", "{{cause}}"),
+                               stack=True))
+             .with_panel(graph("COW copies so far", "Cumulative copies by cause.", "short",
+                               Query(f"sum by (cause) ({copies})", "{{cause}}")))
+             .with_panel(graph("Page faults by type", "Faults per simulated second, over "
+                               "$window.", "ops",
+                               Query(f"sum by (type) (rate(cowsim_page_faults_total{{{RUN}}}"
+                                     "[$window]))", "{{type}}"), stack=True))
+             .with_panel(graph("Write faults: reused vs copied", "pgreuse: the write fault "
+                               "found the page exclusive and kept it.", "ops",
+                               Query(f"sum by (kernel) (rate(cowsim_wp_reuses_total{{{RUN}}}"
+                                     "[$window]))", "reused {{kernel}}"),
+                               Query(f"sum by (kernel) (rate({copies}[$window]))",
+                                     "copied {{kernel}}"))))
+    board = board.with_row(dashboard.Row("Latency"))
+    for title, metric, description in (
+            ("Request latency", "request_latency_seconds", "Simulated requests."),
+            ("Fault latency", "fault_latency_seconds", "Page faults, all types."),
+            ("Fork pause", "fork_pause_seconds", "Time a process stood still in fork().")):
+        rates = f"rate(cowsim_{metric}_bucket{{{RUN}}}[$window])"
+        board = board.with_panel(graph(title, f"{description}  Quantiles over $window.", "s",
+                                       *quantiles(rates, "kernel", "{{kernel}}"), width=8))
+    return (board.with_row(dashboard.Row("Correctness"))
+            .with_panel(graph("Violations so far", "Cumulative correctness violations by "
+                              "kind (leaks across fork, stale or diverged pins, lost DMA "
+                              "writes).", "short",
+                              Query(f"sum by (kind) (cowsim_violations_total{{{RUN}}})",
+                                    "{{kind}}"), width=24)))
+
+
 DASHBOARDS: dict[str, Callable[[], dashboard.Dashboard]] = {
     "cowsim-service.json": service,
     "cowsim-cow-tlb.json": cow_tlb,
     "cowsim-latency.json": latency,
     "cowsim-correctness.json": correctness,
+    f"{TIMELINE_DIR}/cowsim-run-timeline.json": timeline,
 }
+"""Dashboard path (under the dashboards folder) → its builder."""
 
 
 def render(board: dashboard.Dashboard) -> str:
@@ -255,6 +328,7 @@ def generate(out: Path = OUT) -> list[Path]:
     written = []
     for name, make in DASHBOARDS.items():
         path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(make()), encoding="utf-8")
         written.append(path)
     return written
