@@ -30,9 +30,17 @@ from typing import Any
 
 from prometheus_client.utils import floatToGoString
 
-from cowsim.sim import COW_CAUSES, FAULT_TYPES, VIOLATION_KINDS
+from cowsim.service.metric_names import (
+    COUNTER_HELP,
+    COW_CAUSES,
+    FAULT_TYPES,
+    SIM_HISTOGRAMS,
+    TLB_COUNTERS,
+    VIOLATION_KINDS,
+    WORKLOAD_VIOLATIONS,
+)
 
-__all__ = ["GAUGES", "HISTOGRAM_HELP", "NoSeriesError", "openmetrics_text"]
+__all__ = ["GAUGES", "NoSeriesError", "openmetrics_text"]
 
 GAUGES = {
     "memory_bytes": ("cowsim_memory_bytes", "bytes", "Physical memory in use."),
@@ -43,18 +51,7 @@ GAUGES = {
 }
 """The recorder's sampled series: series name → (metric, unit, help)."""
 
-HISTOGRAM_HELP = {
-    "request_latency_seconds": "Latency of the simulated requests (simulated seconds).",
-    "fault_latency_seconds": "Latency of page faults (simulated seconds).",
-    "fork_pause_seconds": "Time a process stood still in fork() (simulated seconds).",
-    "checkpoint_duration_seconds": "Duration of a checkpoint's clear_refs and scan "
-                                   "(simulated seconds).",
-    "io_latency_seconds": "Latency of direct I/O requests (simulated seconds).",
-    "snapshot_duration_seconds": "Duration of a snapshot's scan (simulated seconds).",
-}
-
 _go_float: Callable[[float], str] = floatToGoString  # "1e-06", "+Inf": the live exporter's le
-_WORKLOAD_VIOLATIONS = {"dma_lost_writes": "dma_lost_write", "stale_pin_reads": "stale_pin_read"}
 
 
 class NoSeriesError(ValueError):
@@ -101,24 +98,20 @@ def _counter_families(counters: Mapping[str, list[int]]
                       ) -> list[tuple[str, str, str, dict[str, list[float]]]]:
     """(metric family, label name or "", help, {label value: points})."""
     violations = _labelled_counter(counters, "violations_", VIOLATION_KINDS, None)
-    for name, kind in _WORKLOAD_VIOLATIONS.items():
+    for name, kind in WORKLOAD_VIOLATIONS.items():
         if name in counters:
             violations[kind] = [float(p) for p in counters[name]]
-    single = [(f"cowsim_{name}", "", help_text, {"": [float(p) for p in counters[name]]})
-              for name, help_text in (
-                  ("wp_reuses", "Write faults that reused the page instead of copying it."),
-                  ("tlb_shootdowns", "TLB shootdowns: flushes that had to reach other CPUs."),
-                  ("tlb_ipis", "Inter-processor interrupts sent for TLB shootdowns."))
-              if name in counters]
+    single = [("cowsim_wp_reuses", COUNTER_HELP["cowsim_wp_reuses_total"], "wp_reuses"),
+              *((metric.removesuffix("_total"), help_text, name)
+                for name, (metric, help_text) in TLB_COUNTERS.items())]
     return [
-        ("cowsim_cow_copies", "cause", "Pages copied to break copy-on-write sharing, by why the "
-         "page was read-only.",
+        ("cowsim_cow_copies", "cause", COUNTER_HELP["cowsim_cow_copies_total"],
          _labelled_counter(counters, "cow_copies_", COW_CAUSES, "cow_copies")),
-        ("cowsim_page_faults", "type", "Page faults handled, by type.",
+        ("cowsim_page_faults", "type", COUNTER_HELP["cowsim_page_faults_total"],
          _labelled_counter(counters, "faults_", FAULT_TYPES, "page_faults")),
-        ("cowsim_violations", "kind", "Correctness violations: leaks across fork, pins that "
-         "diverged or went stale, DMA writes lost, stale pin reads.", violations),
-        *single,
+        ("cowsim_violations", "kind", COUNTER_HELP["cowsim_violations_total"], violations),
+        *((family, "", help_text, {"": [float(p) for p in counters[name]]})
+          for family, help_text, name in single if name in counters),
     ]
 
 
@@ -160,7 +153,7 @@ def openmetrics_text(result: Mapping[str, Any], start: float) -> str:
 
     for name, histogram in sorted(timeline.get("histograms", {}).items()):
         metric = f"cowsim_{name}"
-        lines.extend(_header(metric, "histogram", HISTOGRAM_HELP.get(
+        lines.extend(_header(metric, "histogram", SIM_HISTOGRAMS.get(
             name, f"The run contract's {name} (simulated seconds)."), "seconds"))
         bounds = [_go_float(b) for b in histogram["le"]] + ["+Inf"]
         base = _labels(run)

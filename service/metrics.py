@@ -68,9 +68,17 @@ from google.protobuf import descriptor_pool
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-from cowsim import sim
 from cowsim.service.families import Families
 from cowsim.service.labels import OTHER, BoundedPairs, BoundedValues
+from cowsim.service.metric_names import (
+    COUNTER_HELP,
+    COW_CAUSES,
+    FAULT_TYPES,
+    SIM_HISTOGRAMS,
+    TLB_COUNTERS,
+    VIOLATION_KINDS,
+    WORKLOAD_VIOLATIONS,
+)
 from cowsim.service.observer import RunLabels
 from cowsim.service.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from cowsim.sim import BOUNDS_SECONDS, HistogramDelta
@@ -80,33 +88,10 @@ __all__ = ["COW_CAUSES", "FAULT_TYPES", "GRPC_BOUNDS_SECONDS", "RUN_STATES", "SI
 
 log = logging.getLogger("cowsim.service")
 
-SIM_HISTOGRAMS = {
-    "request_latency_seconds": "Latency of the simulated requests (simulated seconds).",
-    "fault_latency_seconds": "Latency of page faults (simulated seconds).",
-    "fork_pause_seconds": "Time a process stood still in fork() (simulated seconds).",
-    "checkpoint_duration_seconds": "Duration of a checkpoint's clear_refs and scan "
-                                   "(simulated seconds).",
-    "io_latency_seconds": "Latency of direct I/O requests (simulated seconds).",
-    "snapshot_duration_seconds": "Duration of a snapshot's scan (simulated seconds).",
-}
-"""The run contract's histograms (ProgressEvent.histograms), exported as ``cowsim_<name>``."""
 
 MAX_SIM_HISTOGRAMS = 16
 """Histogram names beyond :data:`SIM_HISTOGRAMS` that may appear (a newer library's)."""
 
-# The label vocabularies the series are created with (the library's kernel counter names);
-# a value not listed still shows up when it first moves, within the caps below.
-COW_CAUSES = sim.COW_CAUSES
-FAULT_TYPES = sim.FAULT_TYPES
-VIOLATION_KINDS = (*sim.VIOLATION_KINDS, "dma_lost_write", "stale_pin_read")
-WORKLOAD_VIOLATIONS = {"dma_lost_writes": "dma_lost_write", "stale_pin_reads": "stale_pin_read"}
-"""Counters of the workloads that are violations too, and their ``kind``."""
-TLB_COUNTERS = {
-    "tlb_shootdowns": ("cowsim_tlb_shootdowns_total",
-                       "TLB shootdowns: flushes that had to reach other CPUs."),
-    "tlb_ipis": ("cowsim_tlb_ipis_total", "Inter-processor interrupts sent for TLB shootdowns."),
-    "tlb_misses": ("cowsim_tlb_misses_total", "TLB misses the machine model charged."),
-}
 RUN_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 GRPC_CODES = tuple(code.name for code in grpc.StatusCode)
 
@@ -163,18 +148,15 @@ class PrometheusExporter:
         self._grpc_types: dict[tuple[str, str], str] = {}
 
         self.cow_copies = families.counter(
-            "cowsim_cow_copies_total", "Pages copied to break copy-on-write sharing, by why "
-            "the page was read-only.", (*_RUN, "cause"))
+            "cowsim_cow_copies_total", COUNTER_HELP["cowsim_cow_copies_total"], (*_RUN, "cause"))
         self.wp_reuses = families.counter(
-            "cowsim_wp_reuses_total", "Write faults that reused the page instead of copying "
-            "it (pgreuse).", _RUN)
+            "cowsim_wp_reuses_total", COUNTER_HELP["cowsim_wp_reuses_total"], _RUN)
         self.page_faults = families.counter(
-            "cowsim_page_faults_total", "Page faults handled, by type.", (*_RUN, "type"))
+            "cowsim_page_faults_total", COUNTER_HELP["cowsim_page_faults_total"], (*_RUN, "type"))
         self.tlb = {name: families.counter(metric, help_text, _RUN)
                     for name, (metric, help_text) in TLB_COUNTERS.items()}
         self.violations = families.counter(
-            "cowsim_violations_total", "Correctness violations: leaks across fork, pins that "
-            "diverged or went stale, DMA writes lost, stale pin reads.", (*_RUN, "kind"))
+            "cowsim_violations_total", COUNTER_HELP["cowsim_violations_total"], (*_RUN, "kind"))
         self.histograms = {name: families.histogram(f"cowsim_{name}", help_text, _RUN,
                                                     bounds=BOUNDS_SECONDS)
                            for name, help_text in SIM_HISTOGRAMS.items()}
