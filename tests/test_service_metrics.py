@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
@@ -122,7 +123,15 @@ def finished(server: ServerThread, client: Client) -> dict[str, Any]:
     cached = client.submit_run(spec_text(seed=21), kernel="6.8")
     with pytest.raises(ServiceCallError):
         client.submit(spec_text(memory="lots"))
-    text = scrape(port)
+    # The server records an RPC (and a finished run) as its handler returns, which may be
+    # just after the client has its answer: scrape until two scrapes a moment apart agree.
+    text, deadline = scrape(port), time.monotonic() + 15
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        again = scrape(port)
+        if again == text:
+            break
+        text = again
     return {"runs": runs, "cached": cached, "live": live, "text": text, "port": port}
 
 
