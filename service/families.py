@@ -73,7 +73,21 @@ class Family:
         raise NotImplementedError
 
 
-class CounterFamily(Family):
+class _ScalarFamily(Family):
+    """A family with one number per label set (counters and gauges)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 lock: threading.Lock) -> None:
+        super().__init__(name, documentation, labelnames, lock)
+        self.values: dict[LabelValues, float] = {}
+
+    def touch(self, labelvalues: LabelValues) -> None:
+        key = self._check(labelvalues)
+        with self.lock:
+            self.values.setdefault(key, 0.0)
+
+
+class CounterFamily(_ScalarFamily):
     """A counter per label set: only ever goes up (``add`` refuses negative amounts)."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
@@ -81,7 +95,6 @@ class CounterFamily(Family):
         if not name.endswith("_total"):
             raise ValueError(f"a counter's name ends in _total: {name}")
         super().__init__(name, documentation, labelnames, lock)
-        self.values: dict[LabelValues, float] = {}
 
     def add(self, labelvalues: LabelValues, amount: float) -> None:
         if amount < 0 or math.isnan(amount):
@@ -89,11 +102,6 @@ class CounterFamily(Family):
         key = self._check(labelvalues)
         with self.lock:
             self.values[key] = self.values.get(key, 0.0) + amount
-
-    def touch(self, labelvalues: LabelValues) -> None:
-        key = self._check(labelvalues)
-        with self.lock:
-            self.values.setdefault(key, 0.0)
 
     def metric(self) -> Metric:
         # CounterMetricFamily wants the name without _total and adds it back.
@@ -104,13 +112,8 @@ class CounterFamily(Family):
         return family
 
 
-class GaugeFamily(Family):
+class GaugeFamily(_ScalarFamily):
     """A gauge per label set: set, or moved up and down."""
-
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 lock: threading.Lock) -> None:
-        super().__init__(name, documentation, labelnames, lock)
-        self.values: dict[LabelValues, float] = {}
 
     def set(self, labelvalues: LabelValues, value: float) -> None:
         key = self._check(labelvalues)
@@ -121,11 +124,6 @@ class GaugeFamily(Family):
         key = self._check(labelvalues)
         with self.lock:
             self.values[key] = self.values.get(key, 0.0) + amount
-
-    def touch(self, labelvalues: LabelValues) -> None:
-        key = self._check(labelvalues)
-        with self.lock:
-            self.values.setdefault(key, 0.0)
 
     def metric(self) -> Metric:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
