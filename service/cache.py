@@ -8,7 +8,7 @@ or ``4194304`` — the same model is the same run::
 
     key = cache_key(plan.spec, plan.kernel, plan.seed, __version__)
 
-:func:`workload_label` is the bounded label a run's metrics carry.
+(The bounded ``workload`` label a run's metrics carry is ``WorkloadSpec.workload_label``.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 
 from cowsim.sim import WorkloadSpec
 
-__all__ = ["cache_key", "canonical_spec", "workload_label"]
+__all__ = ["cache_key", "canonical_spec"]
 
 
 def canonical_spec(spec: WorkloadSpec) -> str:
@@ -35,7 +35,3 @@ def cache_key(spec: WorkloadSpec, kernel: str, seed: int, version: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def workload_label(spec: WorkloadSpec) -> str:
-    """The spec's workload kinds, sorted and joined with ``+`` (``"idle"`` for none)."""
-    kinds = sorted({workload.kind for process in spec.processes for workload in process.workloads})
-    return "+".join(kinds) or "idle"

@@ -43,7 +43,7 @@ from typing import Any
 
 import grpc
 
-from cowsim.service.cache import cache_key, workload_label
+from cowsim.service.cache import cache_key
 from cowsim.service.errors import ServiceError, invalid_input
 from cowsim.service.limits import Limits, budget, check_plan, check_queue
 from cowsim.service.observer import NullObserver, Observer, RunLabels, SafeObserver
@@ -200,7 +200,7 @@ class RunManager:
             raise invalid_input(exc, "spec") from None
         check_plan(plan, self.limits)
         return _Planned(spec_name=spec.name, kernel_label=plan.generation.label,
-                        kernel_name=plan.kernel, seed=plan.seed, workload=workload_label(spec),
+                        kernel_name=plan.kernel, seed=plan.seed, workload=spec.workload_label,
                         key=cache_key(plan.spec, plan.kernel, plan.seed, __version__),
                         duration=spec.duration)
 

@@ -288,6 +288,13 @@ class WorkloadSpec(_Model):
     machine: MachineSpec = MachineSpec()
     processes: Annotated[list[ProcessSpec], Field(min_length=1, max_length=256)]
 
+    @property
+    def workload_label(self) -> str:
+        """The spec's workload kinds, sorted and joined with ``+`` (``"idle"`` for none):
+        the bounded ``workload`` label of a run's metrics, live and backfilled."""
+        kinds = sorted({workload.kind for process in self.processes for workload in process.workloads})
+        return "+".join(kinds) or "idle"
+
 
 class SpecError(InvalidInput):
     """An invalid spec: one line naming the file and the field (``processes[0].memory``)."""

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from cowsim.sim.engine import Simulation
 
 __all__ = ["MACHINE_COUNTERS", "MAX_POINTS", "TIMELINE_COUNTERS", "WORKLOAD_COUNTERS", "Timeline",
-           "series_dict", "workload_label"]
+           "series_dict"]
 
 KERNEL_COUNTERS = (
     *(f"cow_copies_{cause}" for cause in COW_CAUSES),
@@ -60,12 +60,6 @@ memory and the result stay bounded however long the run (a week at 1 ms would ot
 6·10^8 samples) and the instants kept stay evenly spaced; cumulative values at the kept
 instants are exact.  The recorder's series are thinned to at most as many points when the
 result is built."""
-
-
-def workload_label(sim: Simulation) -> str:
-    """The spec's workload kinds, sorted and joined with ``+`` (the ``workload`` label)."""
-    kinds = {w.kind for process in sim.spec.processes for w in process.workloads}
-    return "+".join(sorted(kinds))
 
 
 class Timeline:
@@ -165,5 +159,5 @@ def series_dict(sim: Simulation) -> dict[str, Any]:
         return out
 
     processes = {name: s for name in recorder.processes() if (s := scope(name))}
-    return {"interval": float(sim.spec.metrics_interval), "workload": workload_label(sim),
+    return {"interval": float(sim.spec.metrics_interval), "workload": sim.spec.workload_label,
             "run": scope(None), "processes": processes, "timeline": sim.timeline.as_dict()}
