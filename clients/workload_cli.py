@@ -34,6 +34,7 @@ from cowsim.sim import (
     KernelVersionError,
     RunPlan,
     Simulation,
+    check_pace,
     check_seed,
     escape_control,
     format_seconds,
@@ -56,6 +57,9 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--seed", type=int, help="override the spec's seed (0 … 2**63-1)")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.add_argument("--out", type=Path, help="write result.json and time series here")
+    run.add_argument("--pace", type=float, metavar="F",
+                     help="run at F simulated seconds per wall-clock second (1: real time), "
+                          "e.g. for a live dashboard; the result is the same")
     compare = commands.add_parser("compare", help="run one spec on several kernels side by side")
     compare.add_argument("spec", metavar="SPEC")
     compare.add_argument("--kernel", action="append", required=True,
@@ -93,15 +97,22 @@ def _plans(args: argparse.Namespace) -> list[RunPlan]:
             check_seed(args.seed, path=())
         except InvalidInput as exc:
             raise exc.within(source="--seed") from None
+    if getattr(args, "pace", None) is not None:
+        try:
+            check_pace(args.pace, path=())
+        except InvalidInput as exc:
+            raise exc.within(source="--pace") from None
     spec = load_spec(args.spec)
     return [plan_run(spec, kernel=kernel, seed=args.seed, source=args.spec) for kernel in kernels]
 
 
-def _run_one(plan: RunPlan, console: Console, show_progress: bool, source: str
-             ) -> tuple[dict[str, Any], Simulation]:
-    """Run one plan (with a progress bar on a terminal); the result and the simulation."""
+def _run_one(plan: RunPlan, console: Console, show_progress: bool, source: str,
+             pace: float | None = None) -> tuple[dict[str, Any], Simulation]:
+    """Run one plan (with a progress bar on a terminal), at ``pace`` if given; the result
+    and the simulation."""
     spec = plan.spec
-    options: dict[str, Any] = {"kernel": plan.kernel, "seed": plan.seed, "max_frames": plan.max_frames}
+    options: dict[str, Any] = {"kernel": plan.kernel, "seed": plan.seed,
+                               "max_frames": plan.max_frames, "pace": pace}
     try:
         if not show_progress:
             sim, wall = simulate(spec, **options)
@@ -144,7 +155,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     if args.command == "run":
         out = OutputDir.prepare(args.out) if args.out is not None else None
         try:
-            outcome, sim = _run_one(plans[0], console, show, args.spec)
+            outcome, sim = _run_one(plans[0], console, show, args.spec, args.pace)
             if out is not None:
                 try:
                     _write_out(out, outcome, sim)

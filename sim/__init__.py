@@ -62,7 +62,7 @@ from cowsim.sim.kernel.generations import (
     kernel_choices,
 )
 from cowsim.sim.live import BOUNDS_SECONDS, HistogramDelta
-from cowsim.sim.plan import RunPlan, check_seed, plan_run
+from cowsim.sim.plan import MAX_PACE, MIN_PACE, RunPlan, check_pace, check_seed, plan_run
 from cowsim.sim.scenario import Scenario, ScenarioResult, load_scenario, parse_scenario, run_scenario
 from cowsim.sim.scenario.runner import SUMMARY_COUNTERS
 from cowsim.sim.spec import WorkloadSpec, json_schema, load_spec, parse_spec
@@ -79,6 +79,8 @@ __all__ = [
     "ERAS",
     "FAULT_TYPES",
     "MAX_DOCUMENT_BYTES",
+    "MAX_PACE",
+    "MIN_PACE",
     "NEWEST_KNOWN_VERSION",
     "SUMMARY_COUNTERS",
     "VIOLATION_KINDS",
@@ -109,6 +111,7 @@ __all__ = [
     "__version__",
     "all_generations",
     "changes_in",
+    "check_pace",
     "check_seed",
     "escape_control",
     "format_bytes",

@@ -21,6 +21,13 @@ The run contract, for the CLI, a gRPC server and sweep workers alike:
 * **Cancellation.** ``cancel()`` is asked after every slice; when it answers
   true the run stops there (within one slice of simulated time) and the result
   says ``"status": "cancelled"`` with the simulated time reached.
+* **Pace.** ``pace=F`` holds the run to F simulated seconds per wall-clock
+  second (a live dashboard then shows it as a machine): after each slice the
+  driver sleeps until the wall clock catches up, and slices are cut to at most
+  :data:`PACED_SLICE_WALL_SECONDS` of wall time.  This is simpy's
+  ``RealtimeEnvironment(factor=1/F, strict=False)`` at slice granularity — a run
+  that cannot keep up simply runs as fast as it can — and keeps the engine's own
+  environment, so a paced run's result equals the unpaced one.
 * **Errors.** Invalid input raises :class:`~cowsim.sim.errors.InvalidInput`
   before anything runs.  A kernel-model error raised inside a workload (an
   operation the simulated kernel refuses) stops the run and is raised as an
@@ -49,7 +56,7 @@ from cowsim.sim.machine.costs import cost_model
 from cowsim.sim.machine.machine import Machine
 from cowsim.sim.machine.pricing import Pricing
 from cowsim.sim.metrics import Recorder
-from cowsim.sim.plan import plan_run
+from cowsim.sim.plan import check_pace, plan_run
 from cowsim.sim.sampler import sampler
 from cowsim.sim.spec import WorkloadSpec
 from cowsim.sim.timeline import series_dict
@@ -62,6 +69,8 @@ SLICE_SECONDS = 0.1
 """The longest slice of simulated time between progress events and cancellation checks."""
 MIN_SLICES = 100
 """Short runs are cut into this many slices (a progress bar moves in 1% steps)."""
+PACED_SLICE_WALL_SECONDS = 0.25
+"""A paced run's longest slice in wall-clock time (progress and cancellation as often)."""
 
 
 @dataclass(frozen=True)
@@ -153,26 +162,49 @@ def _counters(sim: Simulation) -> dict[str, int | float]:
     return values
 
 
-def _slices(duration: float) -> int:
-    return max(MIN_SLICES, math.ceil(duration / SLICE_SECONDS))
+def _slices(duration: float, pace: float | None = None) -> int:
+    slices = max(MIN_SLICES, math.ceil(duration / SLICE_SECONDS))
+    if pace is not None:
+        slices = max(slices, math.ceil(duration / (pace * PACED_SLICE_WALL_SECONDS)))
+    return slices
+
+
+class _Pacer:
+    """Holds simulated time to ``pace`` simulated seconds per wall-clock second."""
+
+    def __init__(self, pace: float) -> None:
+        self.pace = pace
+        self.started = time.monotonic()
+
+    def wait_for(self, sim_seconds: float) -> None:
+        """Sleep until the wall clock reaches simulated time ``sim_seconds`` (no catching up
+        for a run that fell behind: it goes on as fast as it can)."""
+        ahead = self.started + sim_seconds / self.pace - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def simulate(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
              progress: Progress | None = None, cancel: Cancel | None = None,
-             max_frames: int | None = None, shortcuts: bool = True) -> tuple[Simulation, float]:
-    """Build and run a spec to its duration (or until cancelled); returns the simulation
-    and the wall seconds it took."""
+             max_frames: int | None = None, shortcuts: bool = True, pace: float | None = None
+             ) -> tuple[Simulation, float]:
+    """Build and run a spec to its duration (or until cancelled), at ``pace`` simulated
+    seconds per wall-clock second if given; returns the simulation and the wall seconds
+    it took."""
+    if pace is not None:
+        pace = check_pace(pace)
     started = time.perf_counter()
     sim = build(spec, kernel=kernel, seed=seed, max_frames=max_frames, shortcuts=shortcuts)
-    drive(sim, progress=progress, cancel=cancel)
+    drive(sim, progress=progress, cancel=cancel, pace=pace)
     return sim, time.perf_counter() - started
 
 
-def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel | None = None
-          ) -> None:
+def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel | None = None,
+          pace: float | None = None) -> None:
     """Run a built simulation slice by slice to its duration (the run contract above)."""
     duration = sim.spec.duration
-    slices = _slices(duration)
+    slices = _slices(duration, pace)
+    pacer = _Pacer(check_pace(pace)) if pace is not None else None
     last = _counters(sim) if progress is not None else {}
     if progress is not None:
         sim.live = LiveHistograms()
@@ -180,6 +212,8 @@ def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel |
         sim.env.run(until=duration * index / slices)
         if sim.failure is not None:
             raise sim.failure
+        if pacer is not None:
+            pacer.wait_for(sim.env.now)
         if progress is not None:
             now = _counters(sim)
             delta = {name: value - last[name] for name, value in now.items() if value != last[name]}
@@ -196,12 +230,15 @@ def drive(sim: Simulation, *, progress: Progress | None = None, cancel: Cancel |
 
 def run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None = None,
         progress: Progress | None = None, cancel: Cancel | None = None,
-        budget: Budget | None = None) -> dict[str, Any]:
+        budget: Budget | None = None, pace: float | None = None) -> dict[str, Any]:
     """Check a spec (:func:`~cowsim.sim.plan.plan_run`: kernel, seed, machine, budget), run
-    it and return the result (the keys of docs/design.md "run results")."""
+    it (at ``pace`` simulated seconds per wall-clock second if given) and return the result
+    (the keys of docs/design.md "run results")."""
+    if pace is not None:
+        pace = check_pace(pace)
     plan = plan_run(spec, kernel=kernel, seed=seed, budget=budget)
     sim, wall_seconds = simulate(plan.spec, kernel=plan.kernel, seed=plan.seed, progress=progress,
-                                 cancel=cancel, max_frames=plan.max_frames)
+                                 cancel=cancel, max_frames=plan.max_frames, pace=pace)
     return result(sim, wall_seconds=wall_seconds)
 
 

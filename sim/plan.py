@@ -31,6 +31,7 @@ override came from (the CLI: ``error.within(source="--kernel")``)::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from cowsim.sim.budget import Budget, Estimate
@@ -41,7 +42,12 @@ from cowsim.sim.machine.costs import CostModel, cost_model
 from cowsim.sim.spec import MAX_SEED, SpecError, WorkloadSpec, check_spec
 from cowsim.sim.units import format_bytes
 
-__all__ = ["RunPlan", "check_seed", "plan_run"]
+__all__ = ["MAX_PACE", "MIN_PACE", "RunPlan", "check_pace", "check_seed", "plan_run"]
+
+MIN_PACE = 1e-3
+"""The slowest pace: a simulated millisecond per wall-clock second."""
+MAX_PACE = 1e6
+"""The fastest pace a run is held to (faster runs are not held back at all)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,18 @@ def check_seed(seed: object, *, path: tuple[str, ...] = ("seed",), source: str |
     if not 0 <= seed <= MAX_SEED:
         raise InvalidInput(f"a seed is 0 … 2**63-1, not {seed}", path=path, source=source)
     return seed
+
+
+def check_pace(pace: object, *, path: tuple[str, ...] = ("pace",), source: str | None = None
+               ) -> float:
+    """``pace`` (simulated seconds per wall-clock second) if it is a finite number in
+    :data:`MIN_PACE` … :data:`MAX_PACE`, else InvalidInput."""
+    if isinstance(pace, bool) or not isinstance(pace, (int, float)):
+        raise InvalidInput(f"a pace is a number, not {type(pace).__name__}", path=path, source=source)
+    if not (math.isfinite(pace) and MIN_PACE <= pace <= MAX_PACE):
+        raise InvalidInput(f"a pace is {MIN_PACE:g} … {MAX_PACE:g} simulated seconds per "
+                           f"wall-clock second, not {pace:g}", path=path, source=source)
+    return float(pace)
 
 
 def _costs(spec: WorkloadSpec, source: str | None) -> CostModel:

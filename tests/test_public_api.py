@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = [
     "BOUNDS_SECONDS", "Budget", "BudgetExceeded", "COW_CAUSES", "CapacityError", "ERAS", "Era",
     "Estimate", "FAULT_TYPES", "FaultFlags", "FaultReport", "Generation", "HistogramDelta",
-    "InvalidInput", "Kernel", "KernelOpError", "KernelVersionError", "MAX_DOCUMENT_BYTES",
+    "InvalidInput", "Kernel", "KernelOpError", "KernelVersionError", "MAX_DOCUMENT_BYTES", "MAX_PACE", "MIN_PACE",
     "NEWEST_KNOWN_VERSION", "ProgressEvent", "Prot", "Pte", "RunPlan", "SUMMARY_COUNTERS",
     "Scenario", "ScenarioResult", "Simulation", "VIOLATION_KINDS", "Violation", "WHAT_IFS",
     "WORKLOAD_COUNTERS", "WorkloadSpec", "__version__", "all_generations", "changes_in",
-    "check_seed", "escape_control", "format_bytes", "format_rate", "format_seconds",
+    "check_pace", "check_seed", "escape_control", "format_bytes", "format_rate", "format_seconds",
     "generation_for", "generations_for", "json_schema", "kernel_choices", "load_scenario",
     "load_spec", "parse_bytes", "parse_scenario", "parse_spec", "plan_run", "read_text", "result", "run",
     "run_scenario", "simulate",
