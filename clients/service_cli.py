@@ -10,7 +10,7 @@ lives through the states of the API (``cowsim.v1.RunState``)::
 
 The commands and what they print (``RUN`` is the id ``submit`` printed):
 
-* ``cowsim submit SPEC [--kernel K] [--seed N] [--request-id ID] [--wait] [--json]``
+* ``cowsim submit SPEC [--kernel K] [--seed N] [--pace F] [--request-id ID] [--wait] [--json]``
   sends the spec's text and prints ``RUN STATE`` (``--json``: ``{"run_id",
   "state"}``).  An identical earlier run (same spec, kernel, seed and cowsim
   version) is answered from the server's result cache at once; a repeated
@@ -87,7 +87,7 @@ from rich.table import Table
 from cowsim.clients import render
 from cowsim.clients.output import say
 from cowsim.clients.service_client import Client, ServiceCallError
-from cowsim.sim import InvalidInput, check_seed, escape_control, format_seconds, read_text
+from cowsim.sim import InvalidInput, check_pace, check_seed, escape_control, format_seconds, read_text
 from cowsim.v1 import cowsim_pb2 as pb
 
 __all__ = ["COMMANDS", "SERVER_ENV", "add_commands", "connection_parser", "main", "run_record"]
@@ -110,7 +110,8 @@ PROGRESS_LINE_FRACTION = 0.1
 
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 FINAL_STATES = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
-OPTION_FOR_FIELD = {"kernel": "--kernel", "seed": "--seed", "request_id": "--request-id"}
+OPTION_FOR_FIELD = {"kernel": "--kernel", "seed": "--seed", "request_id": "--request-id",
+                    "pace": "--pace"}
 """Request fields filled from an option (of ``submit``; ``list --kernel``): an error about one
 names the option, as the local commands do."""
 
@@ -147,6 +148,9 @@ def add_commands(commands: Any) -> None:
     submit.add_argument("spec", metavar="SPEC")
     submit.add_argument("--kernel", help="override the spec's kernel (version, era or what-if)")
     submit.add_argument("--seed", type=int, help="override the spec's seed (0 … 2**63-1)")
+    submit.add_argument("--pace", type=float, metavar="F",
+                        help="run at F simulated seconds per wall-clock second (1: real time) "
+                             "so live dashboards show it; never answered from the cache")
     submit.add_argument("--request-id", metavar="ID",
                         help="make the submission idempotent: the same id is the same run")
     submit.add_argument("--wait", action="store_true",
@@ -274,6 +278,7 @@ def run_record(run: pb.Run) -> dict[str, Any]:
         "sim_seconds": run.sim_seconds, "sim_seconds_total": run.sim_seconds_total,
         "events_processed": run.events_processed, "attempts": run.attempts,
         "error_message": run.error_message or None, "error_field": run.error_field or None,
+        "pace": run.pace or None,
     }
 
 
@@ -422,7 +427,7 @@ def _interrupted(run_id: str) -> int:
 def _submit(client: Client, args: argparse.Namespace, console: Console, text: str) -> int:
     response = client.submit_run(text, source_name=_source_name(args.spec),
                                  kernel=args.kernel or "", seed=args.seed,
-                                 request_id=args.request_id or "")
+                                 request_id=args.request_id or "", pace=args.pace)
     run = response.run
     if args.json and not args.wait:
         print(json.dumps({"run_id": run.run_id, "state": state_name(run.state)}))
@@ -553,6 +558,11 @@ def main(args: argparse.Namespace, console: Console) -> int:
                 check_seed(args.seed, path=())
             except InvalidInput as exc:
                 raise exc.within(source="--seed") from None
+        if args.pace is not None:
+            try:
+                check_pace(args.pace, path=())
+            except InvalidInput as exc:
+                raise exc.within(source="--pace") from None
         text = read_text(args.spec)
     try:
         with connection.client() as client:

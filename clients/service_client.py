@@ -117,13 +117,16 @@ class Client:
 
     def submit_run(self, spec: str, *, source_name: str = "", kernel: str = "",
                    seed: int | None = None, request_id: str = "",
-                   spec_format: pb.SpecFormat.ValueType = pb.SPEC_FORMAT_UNSPECIFIED
-                   ) -> pb.SubmitRunResponse:
-        """Submit a workload spec's text; the response says whether it was cached."""
+                   spec_format: pb.SpecFormat.ValueType = pb.SPEC_FORMAT_UNSPECIFIED,
+                   pace: float | None = None) -> pb.SubmitRunResponse:
+        """Submit a workload spec's text (``pace``: hold it to that many simulated seconds
+        per wall-clock second); the response says whether it was cached."""
         request = pb.SubmitRunRequest(spec=spec, source_name=source_name, kernel=kernel,
                                       request_id=request_id, spec_format=spec_format)
         if seed is not None:
             request.seed = seed
+        if pace is not None:
+            request.pace = pace
         response: pb.SubmitRunResponse = self._call(self.stub.SubmitRun, request)
         return response
 

@@ -123,8 +123,9 @@ class CowsimServicer(cowsim_pb2_grpc.CowsimServiceServicer):
         async def call() -> pb.SubmitRunResponse:
             source = _source_name(request.source_name, request.spec_format, "<spec>")
             seed = request.seed if request.HasField("seed") else None
+            pace = request.pace if request.HasField("pace") else None
             outcome = await self.manager.submit(request.spec, source, request.kernel or None, seed,
-                                                request.request_id or None)
+                                                request.request_id or None, pace)
             return pb.SubmitRunResponse(run=run_message(outcome.run, full=outcome.cached),
                                         cached=outcome.cached, replayed=outcome.replayed)
         return await _answer(context, call)

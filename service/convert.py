@@ -79,7 +79,7 @@ def run_message(record: RunRecord, full: bool) -> pb.Run:
         request_id=record.request_id or "", sim_seconds=record.sim_seconds,
         sim_seconds_total=record.sim_seconds_total, events_processed=record.events_processed,
         attempts=record.attempts, error_message=record.error_message,
-        error_field=record.error_field)
+        error_field=record.error_field, pace=record.pace or 0.0)
     for name, seconds in (("create_time", record.create_time), ("start_time", record.start_time),
                           ("end_time", record.end_time)):
         stamp = _timestamp(seconds)

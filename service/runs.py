@@ -58,7 +58,15 @@ from cowsim.service.store import (
     RunStore,
 )
 from cowsim.service.worker import error_from_dict
-from cowsim.sim import Budget, HistogramDelta, InvalidInput, __version__, parse_spec, plan_run
+from cowsim.sim import (
+    Budget,
+    HistogramDelta,
+    InvalidInput,
+    __version__,
+    check_pace,
+    parse_spec,
+    plan_run,
+)
 
 __all__ = ["Progress", "RunManager", "ScenarioOutcome", "Submission"]
 
@@ -215,10 +223,17 @@ class RunManager:
         return Submission(earlier, replayed=True)
 
     async def submit(self, spec_text: str, source_name: str, kernel: str | None,
-                     seed: int | None, request_id: str | None) -> Submission:
-        """Validate, deduplicate, answer from the cache or queue (module docstring)."""
+                     seed: int | None, request_id: str | None, pace: float | None = None
+                     ) -> Submission:
+        """Validate, deduplicate, answer from the cache or queue (module docstring).  A
+        paced run is asked for to be watched: it is queued even when the cache knows it."""
         if self.draining:
             raise _unavailable()
+        if pace is not None:
+            try:
+                pace = check_pace(pace)
+            except InvalidInput as exc:
+                raise invalid_input(exc, "pace") from None
         if request_id is not None and not REQUEST_ID.fullmatch(request_id):
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                "request_id: 1-128 letters, digits or ._:-",
@@ -231,7 +246,7 @@ class RunManager:
             replay = self._replay(request_id, planned.key)
             if replay is not None:
                 return replay
-        cached = self.store.find_cached(planned.key)
+        cached = self.store.find_cached(planned.key) if pace is None else None
         if cached is not None:
             self.observer.cache_hit(_labels(cached))
             if request_id is None:
@@ -245,7 +260,7 @@ class RunManager:
             kernel=planned.kernel_label, kernel_name=planned.kernel_name,
             workload=planned.workload, seed=planned.seed, state=QUEUED, spec_text=spec_text,
             source_name=source_name, create_time=time.time(),
-            sim_seconds_total=planned.duration, request_id=request_id)
+            sim_seconds_total=planned.duration, request_id=request_id, pace=pace)
         if cached is not None:  # a new request id for a cached result: its own record
             record.state, record.start_time, record.end_time = SUCCEEDED, None, time.time()
             record.result_json, record.result_status = cached.result_json, cached.result_status
@@ -288,7 +303,7 @@ class RunManager:
     def _workload_job(self, record: RunRecord) -> dict[str, Any]:
         return {"kind": "workload", "spec_text": record.spec_text,
                 "source_name": record.source_name, "kernel": record.kernel_name,
-                "seed": record.seed, "budget": asdict(self.budget)}
+                "seed": record.seed, "budget": asdict(self.budget), "pace": record.pace}
 
     async def _execute_run(self, slot: WorkerSlot, run_id: str) -> None:
         record = self.store.get(run_id)

@@ -61,11 +61,14 @@ CREATE TABLE IF NOT EXISTS runs (
     error_message TEXT NOT NULL DEFAULT '',
     error_field TEXT NOT NULL DEFAULT '',
     result_status TEXT NOT NULL DEFAULT '',
-    result_json TEXT
+    result_json TEXT,
+    pace REAL
 );
 CREATE INDEX IF NOT EXISTS runs_cache_key ON runs (cache_key, state);
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
 """
+ADDED_COLUMNS = (("pace", "REAL"),)
+"""Columns added after the first release of the schema, as (name, declaration)."""
 
 
 @dataclass
@@ -98,6 +101,8 @@ class RunRecord:
     error_field: str = ""
     result_status: str = ""
     result_json: str | None = None
+    pace: float | None = None
+    """Simulated seconds per wall-clock second the run is held to; None: unpaced."""
     seq: int = 0
 
     @property
@@ -126,6 +131,15 @@ class RunStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)  # idempotent (IF NOT EXISTS); commits by itself
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a data dir written by an older cowsim lacks (SQLite adds a
+        column in place; the rows keep their values and get the column's default)."""
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for column, declaration in ADDED_COLUMNS:
+            if column not in present:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self._db.close()

@@ -172,7 +172,7 @@ def _run_workload(job: dict[str, Any], conn: Connection, cancel: Callable[[], bo
     progress = _Progress(conn.send)
     try:
         outcome = run(spec, kernel=job["kernel"], seed=job["seed"], progress=progress,
-                      cancel=cancel, budget=Budget(**job["budget"]))
+                      cancel=cancel, budget=Budget(**job["budget"]), pace=job.get("pace"))
     except InvalidInput as exc:  # refused inside the run: name the spec it came from
         raise exc.within(source=source) from None
     progress.settle(outcome)

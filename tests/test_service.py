@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from cowsim.clients import cli
 from cowsim.clients.service_client import Client, ServiceCallError
 from cowsim.service import Limits, ServerConfig
+from cowsim.service.store import SCHEMA, RunStore
 from cowsim.sim import json_schema
 from cowsim.v1 import cowsim_pb2 as pb
 from tests.service_helpers import RecordingObserver, ServerThread, spec_text
@@ -107,6 +109,26 @@ def test_identical_resubmission_is_answered_from_the_cache(client: Client,
     assert observer.cache_hits == hits + 1
 
 
+def test_a_paced_run_is_run_again_at_its_pace_with_the_same_result(client: Client) -> None:
+    """A paced submission is for watching: the cache knows the run, yet it runs, held to
+    its pace (0.2 s simulated at 0.5× takes at least 0.4 s), and gives the same result."""
+    text = spec_text(seed=14)
+    first = client.wait(client.submit(text).run_id, timeout_seconds=120)
+    assert first.state == pb.RUN_STATE_SUCCEEDED
+    paced = client.submit_run(text, pace=0.5)
+    assert not paced.cached
+    assert paced.run.pace == 0.5
+    watched = list(client.watch(paced.run.run_id, timeout_seconds=120))
+    final = watched[-1].run
+    assert final.state == pb.RUN_STATE_SUCCEEDED, final.error_message
+    assert final.pace == 0.5
+    assert final.result.wall_seconds >= 0.4
+    assert len(watched) > 2  # progress arrived while it ran
+    assert (json.loads(final.result.result_json) | {"wall_seconds": None}
+            == json.loads(first.result.result_json) | {"wall_seconds": None})
+    assert client.get(first.run_id, full=False).pace == 0.0
+
+
 def test_a_retried_submission_with_the_same_request_id_runs_once(client: Client) -> None:
     text = spec_text(seed=13)
     answers: list[pb.SubmitRunResponse] = []
@@ -139,6 +161,8 @@ def test_a_retried_submission_with_the_same_request_id_runs_once(client: Client)
     (spec_text(), {"seed": -1}, "seed"),
     ("{not yaml: [", {}, "spec"),
     (spec_text(), {"request_id": "bad id!"}, "request_id"),
+    (spec_text(), {"pace": 0.0}, "pace"),
+    (spec_text(), {"pace": float("nan")}, "pace"),
 ])
 def test_invalid_input_names_the_field(client: Client, text: str, options: dict[str, object],
                                        field: str) -> None:
@@ -412,3 +436,24 @@ def test_a_passed_deadline_stops_the_scenario_worker(client: Client, server: Ser
     # ... and the next call is served
     path = ROOT / "examples" / "scenarios" / "4.1-vmsplice-child-unmap.yaml"
     assert client.run_scenario(path.read_text(), file_name=str(path), kernel="6.8").results
+
+
+def test_a_data_dir_from_before_paced_runs_is_migrated_in_place(tmp_path: Path) -> None:
+    """A runs table without the ``pace`` column (cowsim before paced runs) gains it on
+    open; the stored rows keep their values and read as unpaced."""
+    old_schema = SCHEMA.replace(",\n    pace REAL\n", "\n")
+    assert "pace" not in old_schema
+    db = sqlite3.connect(tmp_path / "runs.sqlite3")
+    db.executescript(old_schema)
+    db.execute("INSERT INTO runs (run_id, cache_key, name, kernel, kernel_name, workload, seed, "
+               "state, spec_text, source_name, create_time, sim_seconds_total) "
+               "VALUES ('r1', 'k', 'old', '6.8', '6.8', 'idle', 1, 'SUCCEEDED', 'x', 's', 1.0, 2.0)")
+    db.commit()
+    db.close()
+    store = RunStore(tmp_path)
+    try:
+        record = store.get("r1")
+        assert record is not None
+        assert (record.name, record.state, record.pace) == ("old", "SUCCEEDED", None)
+    finally:
+        store.close()

@@ -141,6 +141,7 @@ class SubmitRunRequest(_message.Message):
     KERNEL_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PACE_FIELD_NUMBER: _builtins.int
     spec: _builtins.str
     """The workload spec: the text of a YAML or JSON file, as `cowsim run SPEC` reads it."""
     spec_format: Global___SpecFormat.ValueType
@@ -154,6 +155,11 @@ class SubmitRunRequest(_message.Message):
     """Makes the submission idempotent (AIP-155): the same id returns the same run, which is
     run once.  1–128 characters of letters, digits and "._:-" (a UUID is ideal).
     """
+    pace: _builtins.float
+    """Runs the workload at this many simulated seconds per wall-clock second (1: real time),
+    so live dashboards show it as a machine; 0.001 … 1e6.  A paced run is never answered
+    from the result cache (it is asked for to be watched), and its result is the same.
+    """
     def __init__(
         self,
         *,
@@ -163,13 +169,19 @@ class SubmitRunRequest(_message.Message):
         kernel: _builtins.str = ...,
         seed: _builtins.int | None = ...,
         request_id: _builtins.str = ...,
+        pace: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_pace", b"_pace", "_seed", b"_seed", "pace", b"pace", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "kernel", b"kernel", "request_id", b"request_id", "seed", b"seed", "source_name", b"source_name", "spec", b"spec", "spec_format", b"spec_format"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pace", b"_pace", "_seed", b"_seed", "kernel", b"kernel", "pace", b"pace", "request_id", b"request_id", "seed", b"seed", "source_name", b"source_name", "spec", b"spec", "spec_format", b"spec_format"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__pace: _TypeAlias = _typing.Literal["pace"]  # noqa: Y015
+    _WhichOneofArgType__pace: _TypeAlias = _typing.Literal["_pace", b"_pace"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pace) -> _WhichOneofReturnType__pace | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___SubmitRunRequest: _TypeAlias = SubmitRunRequest  # noqa: Y015
@@ -741,6 +753,7 @@ class Run(_message.Message):
     ERROR_FIELD_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    PACE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     state: Global___RunState.ValueType
     name: _builtins.str
@@ -762,6 +775,8 @@ class Run(_message.Message):
     error_field: _builtins.str
     spec: _builtins.str
     """The spec text as submitted."""
+    pace: _builtins.float
+    """The pace it was submitted with (simulated seconds per wall-clock second); 0: unpaced."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -793,10 +808,11 @@ class Run(_message.Message):
         error_field: _builtins.str = ...,
         result: Global___RunResult | None = ...,
         spec: _builtins.str = ...,
+        pace: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "result", b"result", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "end_time", b"end_time", "error_field", b"error_field", "error_message", b"error_message", "events_processed", b"events_processed", "kernel", b"kernel", "name", b"name", "request_id", b"request_id", "result", b"result", "run_id", b"run_id", "seed", b"seed", "sim_seconds", b"sim_seconds", "sim_seconds_total", b"sim_seconds_total", "spec", b"spec", "start_time", b"start_time", "state", b"state", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "end_time", b"end_time", "error_field", b"error_field", "error_message", b"error_message", "events_processed", b"events_processed", "kernel", b"kernel", "name", b"name", "pace", b"pace", "request_id", b"request_id", "result", b"result", "run_id", b"run_id", "seed", b"seed", "sim_seconds", b"sim_seconds", "sim_seconds_total", b"sim_seconds_total", "spec", b"spec", "start_time", b"start_time", "state", b"state", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
