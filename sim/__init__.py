@@ -20,6 +20,10 @@ Three ways in, from the bottom up:
   result dict (progress events, cancellation: the run contract of
   docs/architecture.md).  :func:`simulate` returns the simulation too, for its
   time series.
+* **Sweeps.**  :func:`load_sweep` validates a sweep spec (a base spec and axes
+  over its fields), :func:`plan_sweep` expands it into points with their seeds
+  and validates every point's spec and plan before anything runs
+  (:class:`SweepPlan`); the service package runs and stores them.
 
 Every invalid input raises :class:`InvalidInput` (``source``, ``field``,
 ``message``; one line as ``str``); valid input too big to run raises
@@ -66,6 +70,17 @@ from cowsim.sim.plan import MAX_PACE, MIN_PACE, RunPlan, check_pace, check_seed,
 from cowsim.sim.scenario import Scenario, ScenarioResult, load_scenario, parse_scenario, run_scenario
 from cowsim.sim.scenario.runner import SUMMARY_COUNTERS
 from cowsim.sim.spec import WorkloadSpec, json_schema, load_spec, parse_spec
+from cowsim.sim.sweep import (
+    MAX_SWEEP_RUNS,
+    SweepError,
+    SweepPlan,
+    SweepPoint,
+    SweepSpec,
+    load_sweep,
+    parse_sweep,
+    plan_sweep,
+    sweep_json_schema,
+)
 from cowsim.sim.units import format_bytes, format_rate, format_seconds, parse_bytes
 
 try:
@@ -80,6 +95,7 @@ __all__ = [
     "FAULT_TYPES",
     "MAX_DOCUMENT_BYTES",
     "MAX_PACE",
+    "MAX_SWEEP_RUNS",
     "MIN_PACE",
     "NEWEST_KNOWN_VERSION",
     "SUMMARY_COUNTERS",
@@ -106,6 +122,10 @@ __all__ = [
     "Scenario",
     "ScenarioResult",
     "Simulation",
+    "SweepError",
+    "SweepPlan",
+    "SweepPoint",
+    "SweepSpec",
     "Violation",
     "WorkloadSpec",
     "__version__",
@@ -123,13 +143,17 @@ __all__ = [
     "kernel_choices",
     "load_scenario",
     "load_spec",
+    "load_sweep",
     "parse_bytes",
     "parse_scenario",
     "parse_spec",
+    "parse_sweep",
     "plan_run",
+    "plan_sweep",
     "read_text",
     "result",
     "run",
     "run_scenario",
     "simulate",
+    "sweep_json_schema",
 ]

@@ -30,6 +30,9 @@ PUBLIC = [
     "generation_for", "generations_for", "json_schema", "kernel_choices", "load_scenario",
     "load_spec", "parse_bytes", "parse_scenario", "parse_spec", "plan_run", "read_text", "result", "run",
     "run_scenario", "simulate",
+    # sweeps (cowsim.sim.sweep)
+    "MAX_SWEEP_RUNS", "SweepError", "SweepPlan", "SweepPoint", "SweepSpec", "load_sweep",
+    "parse_sweep", "plan_sweep", "sweep_json_schema",
 ]
 
 
