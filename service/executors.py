@@ -163,9 +163,10 @@ class LocalExecutor:
         return sum(slot.job is not None for slot in self._slots)
 
     @property
-    def pids(self) -> list[int]:
-        """The worker processes' ids (for a test that kills one)."""
-        return [slot.process.pid for slot in self._slots if slot.process.pid is not None]
+    def busy(self) -> dict[int, str]:
+        """Worker process id → the key of the run it has now."""
+        return {slot.process.pid: slot.job.key for slot in self._slots
+                if slot.job is not None and slot.process.pid is not None}
 
     def _start(self) -> _Slot:
         parent, child = self._ctx.Pipe(duplex=True)
