@@ -1,4 +1,4 @@
-"""The sampler's shared-page count: the in-order slice shortcut agrees with a plain gather."""
+"""The sampler's shared-page count (chunked gathers from a byte mask) agrees with a plain gather."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cowsim.sim.sampler import count_multiply_mapped
+from cowsim.sim.sampler import count_multiply_mapped, multiply_mapped_mask
 
 
 @st.composite
@@ -31,3 +31,5 @@ def test_count_multiply_mapped_equals_a_gather(case: tuple[np.ndarray, np.ndarra
     expected = int(np.count_nonzero(mapcount[frames] > 1))
     assert count_multiply_mapped(mapcount, frames, chunk_pages) == expected
     assert count_multiply_mapped(mapcount, frames) == expected
+    mask = multiply_mapped_mask(mapcount)
+    assert count_multiply_mapped(mapcount, frames, chunk_pages, mask=mask) == expected
