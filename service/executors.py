@@ -184,6 +184,19 @@ class LocalExecutor:
             slot.process.join(timeout=5)
         self._slots.remove(slot)
 
+    def _give(self, slot: _Slot, queue: deque[RunJob], tries: dict[str, int]) -> None:
+        """Send the next queued job to an idle worker (a worker found dead is retired and
+        the job stays queued)."""
+        job = queue.popleft()
+        try:
+            slot.conn.send(job)
+        except OSError:
+            queue.appendleft(job)
+            self._retire(slot)
+            return
+        slot.job = job
+        tries[job.key] = tries.get(job.key, 0) + 1
+
     def submit(self, jobs: Sequence[RunJob]) -> Iterator[RunOutcome]:
         queue = deque(jobs)
         tries: dict[str, int] = {}
@@ -194,15 +207,7 @@ class LocalExecutor:
                 if slot is None:
                     slot = self._start()
                     self._slots.append(slot)
-                queued = queue.popleft()
-                tries[queued.key] = tries.get(queued.key, 0) + 1
-                try:
-                    slot.conn.send(queued)
-                    slot.job = queued
-                except OSError:  # died while idle: start another, try the job again
-                    tries[queued.key] -= 1
-                    queue.appendleft(queued)
-                    self._retire(slot)
+                self._give(slot, queue, tries)
             busy = [slot for slot in self._slots if slot.job is not None]
             ready = wait([slot.conn for slot in busy] + [slot.process.sentinel for slot in busy])
             for slot in busy:
@@ -216,6 +221,8 @@ class LocalExecutor:
                 except (EOFError, OSError):
                     reply = None
                 if reply is not None:
+                    if queue:  # the next job first: the worker runs while the parent stores
+                        self._give(slot, queue, tries)
                     yield _outcome(job, reply, tries[job.key])
                     continue
                 code = slot.process.exitcode
