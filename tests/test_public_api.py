@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC = [
     "BOUNDS_SECONDS", "Budget", "BudgetExceeded", "COW_CAUSES", "CapacityError", "ERAS", "Era",
     "Estimate", "FAULT_TYPES", "FaultFlags", "FaultReport", "Generation", "HistogramDelta",
-    "InvalidInput", "Kernel", "KernelOpError", "KernelVersionError", "MAX_DOCUMENT_BYTES", "MAX_PACE", "MIN_PACE",
+    "InvalidInput", "Kernel", "KernelOpError", "KernelVersionError", "MAX_DOCUMENT_BYTES",
+    "MAX_PACE", "MIN_PACE",
     "NEWEST_KNOWN_VERSION", "ProgressEvent", "Prot", "Pte", "RunPlan", "SUMMARY_COUNTERS",
     "Scenario", "ScenarioResult", "Simulation", "VIOLATION_KINDS", "Violation", "WHAT_IFS",
     "WORKLOAD_COUNTERS", "WorkloadSpec", "__version__", "all_generations", "changes_in",

@@ -27,7 +27,7 @@ from cowsim.sim.kernel.counters import Counters
 from cowsim.sim.kernel.generations import Generation, generation_for
 from cowsim.sim.kernel.gup import Holder
 from cowsim.sim.kernel.lru import LruAddBatches
-from cowsim.sim.kernel.mm import MM, VMA, Process, Prot
+from cowsim.sim.kernel.mm import MM, VMA, Process, Prot, Pte
 from cowsim.sim.kernel.oracles import ReportedKeys, Violation
 from cowsim.sim.kernel.pages import (
     RUNS_MIN_FRAMES,
@@ -52,11 +52,14 @@ MAX_REGION_PAGES = 1 << 30
 
 def _no_zero(frames: FrameArray) -> FrameArray:
     """The frames less the zero page (which is never refcounted)."""
-    if frames.size == 0 or int(frames.min()) > ZERO_PFN:
+    if frames.size == 0 or int(np.minimum.reduce(frames)) > ZERO_PFN:
         return frames
     nonzero: FrameArray = frames[frames != ZERO_PFN]
     return nonzero
 
+
+_WRITABLE_DIRTY = int(Pte.RW) | int(Pte.DIRTY)
+"""PTE bits that let a store complete without a fault or a dirty-bit update."""
 
 _FLUSH_COUNTERS = {kind: f"tlb_flushes_{kind}" for kind in ("page", "range", "mm")}
 
@@ -282,6 +285,27 @@ class Kernel:
         oracles.check_store(self, owner, frames, index, vma, writer_label=proc_name, mapped=True)
         self.frames.content[frames] = value
         return report
+
+    def try_store(self, proc_name: str, region: str, pages: npt.NDArray[np.int64], value: int
+                  ) -> bool:
+        """A CPU store of ``value`` into ``pages`` (any order, repeats allowed) that the MMU
+        completes alone: every PTE present, writable and already dirty, and no frame with a
+        reference besides its one mapping (so no pipe, pin or other process can see the
+        store, and the leak oracle has nothing to check).  Returns False, having changed
+        nothing, when any page needs more: then :meth:`write` is the store.  For workloads
+        whose steady state is stores to pages they own; equal to :meth:`write` in effect."""
+        vma = self.process(proc_name).mm.vmas.get(region)
+        if vma is None or vma.prot is not Prot.READ_WRITE or vma.shared or pages.size == 0:
+            return False
+        if int(np.minimum.reduce(pages)) < 0 or int(np.maximum.reduce(pages)) >= vma.npages:
+            return False
+        if ~int(np.bitwise_and.reduce(vma.pte[pages])) & _WRITABLE_DIRTY:
+            return False
+        frames = vma.pfn[pages]
+        if int(np.maximum.reduce(self.frames.refcount[frames])) > 1:
+            return False
+        self.frames.content[frames] = value
+        return True
 
     def read(self, proc_name: str, region: str, pages: npt.ArrayLike | None = None,
              *, cpu: int = 0) -> npt.NDArray[np.uint32]:

@@ -294,6 +294,11 @@ class PageFrames:
             self.mapcount[start:stop] = initial
             self.flags[start:stop] = flags
             self.content[start:stop] = content
+        elif count < RUNS_MIN_FRAMES:  # few frames: plain fancy indexing is the fastest
+            self.refcount[frames] = initial
+            self.mapcount[frames] = initial
+            self.flags[frames] = flags
+            self.content[frames] = content
         else:
             batch = FrameSet(frames)
             batch.assign(self.refcount, initial)

@@ -35,16 +35,21 @@ import numpy.typing as npt
 
 from cowsim.sim.engine import NS, PAGE_SIZE, Observations, Simulation
 from cowsim.sim.spec import ForkingServer
-from cowsim.sim.workloads.keys import sample_pages
+from cowsim.sim.workloads.keys import sample_pages, zipf_pages
 from cowsim.sim.workloads.registry import register
 
 
 def lindley_finish(arrivals: npt.NDArray[np.float64], service: npt.NDArray[np.float64],
                    free_at: float) -> npt.NDArray[np.float64]:
-    """Finish times of a FIFO server (arrivals sorted) that becomes free at ``free_at``."""
-    done = np.cumsum(service)
-    before = done - service
-    return done + np.maximum(free_at, np.maximum.accumulate(arrivals - before))
+    """Finish times of a FIFO server (arrivals sorted) that becomes free at ``free_at``
+    (the formula of the module docstring, computed in place: a tick's arrays are small,
+    so each array allocated costs more than the arithmetic)."""
+    done = service.cumsum()
+    start = arrivals - (done - service)
+    np.maximum.accumulate(start, out=start)
+    np.maximum(start, free_at, out=start)
+    start += done
+    return start
 
 
 def first_occurrences(values: npt.NDArray[np.int64]
@@ -71,6 +76,9 @@ class Server:
         self.free_at = np.zeros(len(self.queue_cpus))
         self.next_thread = 0
         self.value = 2
+        self.faulted = False
+        """Whether the last tick's writes took a fault: then the next tick's are not first
+        tried as plain stores (:meth:`Kernel.try_store` would most likely refuse them)."""
         self.children: list[tuple[float, str]] = []  # (exit time, name)
         fork = spec.fork
         self.next_fork = np.inf
@@ -80,6 +88,15 @@ class Server:
             self.next_fork = fork.first_at if fork.first_at is not None else fork.every
         self.latencies = Observations(sim, "request_latency_seconds", proc)
         self.fault_latencies = Observations(sim, "fault_latency_seconds", proc)
+        self.requests = 0
+        """Requests served and not yet counted (the recorder's ``requests`` counter is
+        brought up to date by :meth:`flush`, like the observations)."""
+        sim.flushers.append(self.flush)
+
+    def flush(self) -> None:
+        if self.requests:
+            self.sim.recorder.count("requests", self.requests, process=self.proc)
+            self.requests = 0
 
     # -- forks ------------------------------------------------------------------------
     def fork(self, now: float, child_lifetime: float, dirty_pages: int) -> float:
@@ -113,15 +130,28 @@ class Server:
         count = int(rng.poisson(spec.rate * length))
         if count == 0:
             return
-        arrivals = np.sort(start + rng.random(count) * length)
         per = spec.pages_per_request
-        pages = sample_pages(rng, spec.keys, state.pages, count * per).reshape(count, per)
-        writes = rng.random(count) < spec.write_fraction
+        if spec.keys.distribution == "zipf":
+            # The tick's three uniform streams (arrival times, pages, write or read) in one
+            # draw: Generator.random fills doubles in sequence, so these are the numbers the
+            # three draws one after the other give.
+            uniforms = rng.random(count * (per + 2))
+            arrivals = uniforms[:count] * length
+            pages = zipf_pages(spec.keys, state.pages, uniforms[count : count * (per + 1)])
+            writes = uniforms[count * (per + 1) :] < spec.write_fraction
+        else:
+            arrivals = rng.random(count) * length
+            pages = sample_pages(rng, spec.keys, state.pages, count * per)
+            writes = rng.random(count) < spec.write_fraction
+        arrivals += start
+        arrivals.sort()
+        pages = pages.reshape(count, per)
         nthreads = len(state.cpus)
         threads = (self.next_thread + np.arange(count)) % nthreads if nthreads > 1 else None
         self.next_thread = (self.next_thread + count) % nthreads
-        cost_ns = np.full(count, spec.service / NS)
-        cost_ns += self._write_faults_ns(pages, writes)
+        fault_ns = self._write_faults_ns(pages, writes)
+        service_ns = spec.service / NS
+        cost_ns = fault_ns + service_ns if fault_ns is not None else np.full(count, service_ns)
         # TLB misses: per thread, the tick's page accesses against that CPU's TLB.
         mm = sim.kernel.procs[self.proc].mm
         walk_ns = sim.costs.tlb_miss_walk_ns
@@ -146,7 +176,7 @@ class Server:
                 if mine.size:
                     latency[mine] = self._queue(queue, start, arrivals[mine], service[mine]) - arrivals[mine]
         self.latencies.add(latency)
-        sim.recorder.count("requests", count, process=self.proc)
+        self.requests += count
 
     def _queue(self, queue: int, start: float, arrivals: npt.NDArray[np.float64],
                service: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -162,9 +192,10 @@ class Server:
         self.free_at[queue] = finish[-1]
         return finish
 
-    def _write_faults_ns(self, pages: npt.NDArray[np.int64],
-                         writes: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
-        """Write the pages of the write requests; each request's share of the fault time.
+    def _write_faults_ns(self, pages: npt.NDArray[np.int64], writes: npt.NDArray[np.bool_]
+                         ) -> npt.NDArray[np.float64] | None:
+        """Write the pages of the write requests; each request's share of the fault time
+        (None: no request took a fault).
 
         The first request of the tick that writes a page takes that page's faults, priced
         from the kernel's fault report; the shootdowns the copies caused are shared by the
@@ -172,32 +203,29 @@ class Server:
         """
         sim, state = self.sim, self.state
         count, per = pages.shape
-        extra = np.zeros(count)
         if not np.count_nonzero(writes):
-            return extra
-        occurrences = pages[writes].reshape(-1)  # arrival order
+            return None
+        occurrences = (pages.reshape(-1)[writes] if per == 1
+                       else pages[writes].reshape(-1))  # arrival order
         cpu = state.cpus[0]
         value = self.value
         self.value += 1
-        vma = sim.kernel.procs[self.proc].mm.vmas[state.region]
-        if sim.shortcuts and np.count_nonzero(vma.pte_write(occurrences)) == occurrences.size:
-            # Steady state: every page is mapped writable, so no store can fault (and the
-            # kernel sorts out repeated pages itself).
-            sim.call_quiet(self.proc, sim.kernel.write, self.proc, state.region, occurrences,
-                           value, cpu=cpu)
-            return extra
+        if (sim.shortcuts and not self.faulted
+                and sim.kernel.try_store(self.proc, state.region, occurrences, value)):
+            return None  # steady state: every page mapped writable and dirty, nothing faults
         unique, first = first_occurrences(occurrences)
         with sim.machine.bill(cpu) as bill:
             report = sim.call_quiet(self.proc, sim.kernel.write, self.proc, state.region, unique,
                                     value, cpu=cpu)
         page_ns = sim.pricing.page_faults_ns(report.flags, bill.ns)
         faulted = page_ns[report.flags != 0]
-        if faulted.size:
+        self.faulted = faulted.size > 0
+        if self.faulted:
             self.fault_latencies.add(faulted * NS)
         occurrence_ns = np.zeros(occurrences.size)
         occurrence_ns[first] = page_ns
         owners = np.flatnonzero(writes) if per == 1 else np.repeat(np.flatnonzero(writes), per)
-        extra += np.bincount(owners, weights=occurrence_ns, minlength=count)
+        extra: npt.NDArray[np.float64] = np.bincount(owners, weights=occurrence_ns, minlength=count)
         return extra
 
 

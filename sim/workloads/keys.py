@@ -42,12 +42,18 @@ def sample_pages(rng: np.random.Generator, keys: KeySpec, npages: int,
         hot_pages = rng.integers(0, hot, size=count, dtype=np.int64)
         cold_pages = hot + rng.integers(0, max(cold, 1), size=count, dtype=np.int64)
         return np.where(in_hot, hot_pages, cold_pages)
-    # Zipf: P(rank r) ∝ r^-s over 1..N, by the inverse CDF of the continuous law.
+    return zipf_pages(keys, npages, rng.random(count))
+
+
+def zipf_pages(keys: KeySpec, npages: int, uniforms: npt.NDArray[np.float64]
+               ) -> npt.NDArray[np.int64]:
+    """Zipf page indices in [0, npages) from uniform draws in [0, 1), one page per draw:
+    P(rank r) ∝ r^-s over 1..N, by the inverse CDF of the continuous law."""
     s = keys.zipf_s
-    u = rng.random(count)
     if abs(s - 1.0) < 1e-9:
-        ranks = np.exp(u * math.log(npages))
+        ranks = np.exp(uniforms * math.log(npages))
     else:
-        ranks = ((npages ** (1.0 - s) - 1.0) * u + 1.0) ** (1.0 / (1.0 - s))
+        ranks = ((npages ** (1.0 - s) - 1.0) * uniforms + 1.0) ** (1.0 / (1.0 - s))
     rank = np.minimum(np.floor(ranks).astype(np.int64), npages) - 1
-    return (rank * _coprime_multiplier(npages)) % npages
+    pages: npt.NDArray[np.int64] = (rank * _coprime_multiplier(npages)) % npages
+    return pages
