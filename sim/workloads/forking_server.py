@@ -225,8 +225,8 @@ class Server:
         occurrence_ns = np.zeros(occurrences.size)
         occurrence_ns[first] = page_ns
         owners = np.flatnonzero(writes) if per == 1 else np.repeat(np.flatnonzero(writes), per)
-        extra: npt.NDArray[np.float64] = np.bincount(owners, weights=occurrence_ns, minlength=count)
-        return extra
+        extra = np.bincount(owners, weights=occurrence_ns, minlength=count)  # float64: weighted
+        return extra.astype(np.float64, copy=False)
 
 
 @register("forking_server")
