@@ -29,5 +29,6 @@ def test_generated_modules_import_as_cowsim_v1() -> None:
     service = cowsim_pb2.DESCRIPTOR.services_by_name["CowsimService"]
     assert {method.name for method in service.methods} == {
         "RunScenario", "SubmitRun", "GetRun", "ListRuns", "WatchRun", "CancelRun",
-        "ListKernels", "GetSchema"}
+        "ListKernels", "GetSchema", "SubmitSweep", "GetSweep", "ListSweeps", "WatchSweep",
+        "CancelSweep"}
     assert hasattr(cowsim_pb2_grpc, "CowsimServiceStub")

@@ -131,6 +131,30 @@ SCHEMA_KIND_WORKLOAD_SPEC: SchemaKind.ValueType  # 1
 SCHEMA_KIND_SCENARIO: SchemaKind.ValueType  # 2
 Global___SchemaKind: _TypeAlias = SchemaKind  # noqa: Y015
 
+class _SweepView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SweepViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SweepView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SWEEP_VIEW_UNSPECIFIED: _SweepView.ValueType  # 0
+    """GetSweep: FULL; ListSweeps and the other responses: BASIC."""
+    SWEEP_VIEW_BASIC: _SweepView.ValueType  # 1
+    """State, counts and runs; no spec text and no tables."""
+    SWEEP_VIEW_FULL: _SweepView.ValueType  # 2
+    """With the spec text, sweep.json and, once the sweep is final, the tables."""
+
+class SweepView(_SweepView, metaclass=_SweepViewEnumTypeWrapper):
+    """How much of a sweep a response carries (AIP-157)."""
+
+SWEEP_VIEW_UNSPECIFIED: SweepView.ValueType  # 0
+"""GetSweep: FULL; ListSweeps and the other responses: BASIC."""
+SWEEP_VIEW_BASIC: SweepView.ValueType  # 1
+"""State, counts and runs; no spec text and no tables."""
+SWEEP_VIEW_FULL: SweepView.ValueType  # 2
+"""With the spec text, sweep.json and, once the sweep is final, the tables."""
+Global___SweepView: _TypeAlias = SweepView  # noqa: Y015
+
 @_typing.final
 class SubmitRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -982,3 +1006,404 @@ class RunResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunResult: _TypeAlias = RunResult  # noqa: Y015
+
+@_typing.final
+class SubmitSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_FIELD_NUMBER: _builtins.int
+    SWEEP_FORMAT_FIELD_NUMBER: _builtins.int
+    SOURCE_NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    sweep: _builtins.str
+    """The sweep spec: the text of a YAML or JSON file, as `cowsim sweep SWEEP` reads it, with
+    its `base` inline (a path is refused: the server cannot read the client's files).
+    """
+    sweep_format: Global___SpecFormat.ValueType
+    source_name: _builtins.str
+    """The file name the text came from (errors name it; ".json" selects JSON); optional."""
+    request_id: _builtins.str
+    """Makes the submission idempotent (AIP-155): the same id returns the same sweep, whose
+    runs are submitted once.  1–128 characters of letters, digits and "._:-".
+    """
+    def __init__(
+        self,
+        *,
+        sweep: _builtins.str = ...,
+        sweep_format: Global___SpecFormat.ValueType = ...,
+        source_name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "source_name", b"source_name", "sweep", b"sweep", "sweep_format", b"sweep_format"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitSweepRequest: _TypeAlias = SubmitSweepRequest  # noqa: Y015
+
+@_typing.final
+class SubmitSweepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    replayed: _builtins.bool
+    """True when request_id matched an earlier submission, whose sweep this is."""
+    @_builtins.property
+    def sweep(self) -> Global___Sweep: ...
+    def __init__(
+        self,
+        *,
+        sweep: Global___Sweep | None = ...,
+        replayed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sweep", b"sweep"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "sweep", b"sweep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitSweepResponse: _TypeAlias = SubmitSweepResponse  # noqa: Y015
+
+@_typing.final
+class GetSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    view: Global___SweepView.ValueType
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+        view: Global___SweepView.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sweep_id", b"sweep_id", "view", b"view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSweepRequest: _TypeAlias = GetSweepRequest  # noqa: Y015
+
+@_typing.final
+class GetSweepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sweep(self) -> Global___Sweep: ...
+    def __init__(
+        self,
+        *,
+        sweep: Global___Sweep | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sweep", b"sweep"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sweep", b"sweep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSweepResponse: _TypeAlias = GetSweepResponse  # noqa: Y015
+
+@_typing.final
+class ListSweepsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many sweeps (0: 50; more than 1000 is read as 1000)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSweepsRequest: _TypeAlias = ListSweepsRequest  # noqa: Y015
+
+@_typing.final
+class ListSweepsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def sweeps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Sweep]:
+        """Newest first, SWEEP_VIEW_BASIC without the runs."""
+
+    def __init__(
+        self,
+        *,
+        sweeps: _abc.Iterable[Global___Sweep] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "sweeps", b"sweeps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSweepsResponse: _TypeAlias = ListSweepsResponse  # noqa: Y015
+
+@_typing.final
+class WatchSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sweep_id", b"sweep_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSweepRequest: _TypeAlias = WatchSweepRequest  # noqa: Y015
+
+@_typing.final
+class WatchSweepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    SWEEP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___SweepProgress:
+        """The counts, each time they change."""
+
+    @_builtins.property
+    def sweep(self) -> Global___Sweep:
+        """The last message: the sweep in a final state (SWEEP_VIEW_BASIC)."""
+
+    def __init__(
+        self,
+        *,
+        progress: Global___SweepProgress | None = ...,
+        sweep: Global___Sweep | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "sweep", b"sweep"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "progress", b"progress", "sweep", b"sweep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["progress", "sweep"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchSweepResponse: _TypeAlias = WatchSweepResponse  # noqa: Y015
+
+@_typing.final
+class CancelSweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sweep_id", b"sweep_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSweepRequest: _TypeAlias = CancelSweepRequest  # noqa: Y015
+
+@_typing.final
+class CancelSweepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sweep(self) -> Global___Sweep: ...
+    def __init__(
+        self,
+        *,
+        sweep: Global___Sweep | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sweep", b"sweep"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sweep", b"sweep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSweepResponse: _TypeAlias = CancelSweepResponse  # noqa: Y015
+
+@_typing.final
+class SweepProgress(_message.Message):
+    """How many of a sweep's runs are where.  Runs are counted once per distinct run (two
+    points of a sampled design that drew the same values share one).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    total: _builtins.int
+    done: _builtins.int
+    """SUCCEEDED (answered from the cache included)."""
+    running: _builtins.int
+    queued: _builtins.int
+    failed: _builtins.int
+    """FAILED or CANCELLED."""
+    cached: _builtins.int
+    """Answered from the result cache when the sweep was submitted."""
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+        total: _builtins.int = ...,
+        done: _builtins.int = ...,
+        running: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        cached: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "done", b"done", "failed", b"failed", "queued", b"queued", "running", b"running", "sweep_id", b"sweep_id", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepProgress: _TypeAlias = SweepProgress  # noqa: Y015
+
+@_typing.final
+class SweepRun(_message.Message):
+    """One run of a sweep: its place in the design and the stored run it is."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINT_FIELD_NUMBER: _builtins.int
+    REPLICATION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    point: _builtins.int
+    replication: _builtins.int
+    seed: _builtins.int
+    key: _builtins.str
+    """The result cache key (the local sweep's runs/KEY.json)."""
+    run_id: _builtins.str
+    state: Global___RunState.ValueType
+    def __init__(
+        self,
+        *,
+        point: _builtins.int = ...,
+        replication: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        key: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        state: Global___RunState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "point", b"point", "replication", b"replication", "run_id", b"run_id", "seed", b"seed", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepRun: _TypeAlias = SweepRun  # noqa: Y015
+
+@_typing.final
+class Sweep(_message.Message):
+    """A sweep: a sweep spec expanded into runs, each a stored run of the server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SWEEP_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    SWEEP_FIELD_NUMBER: _builtins.int
+    SWEEP_JSON_FIELD_NUMBER: _builtins.int
+    RUNS_CSV_FIELD_NUMBER: _builtins.int
+    SUMMARY_CSV_FIELD_NUMBER: _builtins.int
+    FAILURES_JSON_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    REPLICATIONS_FIELD_NUMBER: _builtins.int
+    sweep_id: _builtins.str
+    name: _builtins.str
+    """The sweep spec's name."""
+    state: Global___RunState.ValueType
+    """QUEUED: no run started; RUNNING: some run not final; SUCCEEDED: every run SUCCEEDED;
+    FAILED: every run final, some FAILED or CANCELLED; CANCELLED: CancelSweep was asked
+    and every run is final.
+    """
+    request_id: _builtins.str
+    sweep: _builtins.str
+    """SWEEP_VIEW_FULL: the sweep text as submitted."""
+    sweep_json: _builtins.str
+    """SWEEP_VIEW_FULL: sweep.json exactly as `cowsim sweep` writes it for this sweep."""
+    runs_csv: _builtins.str
+    """SWEEP_VIEW_FULL, once the sweep is final: runs.csv and summary.csv exactly as
+    `cowsim sweep` writes them for the same sweep, and failures.json (key → why).
+    """
+    summary_csv: _builtins.str
+    failures_json: _builtins.str
+    points: _builtins.int
+    replications: _builtins.int
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last of its runs ended (set once the sweep is final)."""
+
+    @_builtins.property
+    def progress(self) -> Global___SweepProgress: ...
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SweepRun]:
+        """Every run, in (point, replication) order (not in ListSweeps)."""
+
+    def __init__(
+        self,
+        *,
+        sweep_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        state: Global___RunState.ValueType = ...,
+        request_id: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        progress: Global___SweepProgress | None = ...,
+        runs: _abc.Iterable[Global___SweepRun] | None = ...,
+        sweep: _builtins.str = ...,
+        sweep_json: _builtins.str = ...,
+        runs_csv: _builtins.str = ...,
+        summary_csv: _builtins.str = ...,
+        failures_json: _builtins.str = ...,
+        points: _builtins.int = ...,
+        replications: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "progress", b"progress"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "failures_json", b"failures_json", "name", b"name", "points", b"points", "progress", b"progress", "replications", b"replications", "request_id", b"request_id", "runs", b"runs", "runs_csv", b"runs_csv", "state", b"state", "summary_csv", b"summary_csv", "sweep", b"sweep", "sweep_id", b"sweep_id", "sweep_json", b"sweep_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sweep: _TypeAlias = Sweep  # noqa: Y015

@@ -75,6 +75,31 @@ class CowsimServiceStub:
                 request_serializer=cowsim_dot_v1_dot_cowsim__pb2.GetSchemaRequest.SerializeToString,
                 response_deserializer=cowsim_dot_v1_dot_cowsim__pb2.GetSchemaResponse.FromString,
                 _registered_method=True)
+        self.SubmitSweep = channel.unary_unary(
+                '/cowsim.v1.CowsimService/SubmitSweep',
+                request_serializer=cowsim_dot_v1_dot_cowsim__pb2.SubmitSweepRequest.SerializeToString,
+                response_deserializer=cowsim_dot_v1_dot_cowsim__pb2.SubmitSweepResponse.FromString,
+                _registered_method=True)
+        self.GetSweep = channel.unary_unary(
+                '/cowsim.v1.CowsimService/GetSweep',
+                request_serializer=cowsim_dot_v1_dot_cowsim__pb2.GetSweepRequest.SerializeToString,
+                response_deserializer=cowsim_dot_v1_dot_cowsim__pb2.GetSweepResponse.FromString,
+                _registered_method=True)
+        self.ListSweeps = channel.unary_unary(
+                '/cowsim.v1.CowsimService/ListSweeps',
+                request_serializer=cowsim_dot_v1_dot_cowsim__pb2.ListSweepsRequest.SerializeToString,
+                response_deserializer=cowsim_dot_v1_dot_cowsim__pb2.ListSweepsResponse.FromString,
+                _registered_method=True)
+        self.WatchSweep = channel.unary_stream(
+                '/cowsim.v1.CowsimService/WatchSweep',
+                request_serializer=cowsim_dot_v1_dot_cowsim__pb2.WatchSweepRequest.SerializeToString,
+                response_deserializer=cowsim_dot_v1_dot_cowsim__pb2.WatchSweepResponse.FromString,
+                _registered_method=True)
+        self.CancelSweep = channel.unary_unary(
+                '/cowsim.v1.CowsimService/CancelSweep',
+                request_serializer=cowsim_dot_v1_dot_cowsim__pb2.CancelSweepRequest.SerializeToString,
+                response_deserializer=cowsim_dot_v1_dot_cowsim__pb2.CancelSweepResponse.FromString,
+                _registered_method=True)
 
 
 class CowsimServiceServicer:
@@ -137,6 +162,44 @@ class CowsimServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSweep(self, request, context):
+        """Expands and validates a sweep spec (every point before anything is queued), then
+        submits each of its runs as SubmitRun would (answered from the result cache when
+        known); returns at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSweep(self, request, context):
+        """A sweep, by id: its state, counts and runs; with SWEEP_VIEW_FULL, once it is final,
+        its tables.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSweeps(self, request, context):
+        """Sweeps, newest first; paginated (AIP-158).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSweep(self, request, context):
+        """The counts of a sweep's runs as they change, then one final message with the sweep.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSweep(self, request, context):
+        """Cancels every queued or running run of a sweep (a no-op on a finished one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CowsimServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +242,31 @@ def add_CowsimServiceServicer_to_server(servicer, server):
                     servicer.GetSchema,
                     request_deserializer=cowsim_dot_v1_dot_cowsim__pb2.GetSchemaRequest.FromString,
                     response_serializer=cowsim_dot_v1_dot_cowsim__pb2.GetSchemaResponse.SerializeToString,
+            ),
+            'SubmitSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSweep,
+                    request_deserializer=cowsim_dot_v1_dot_cowsim__pb2.SubmitSweepRequest.FromString,
+                    response_serializer=cowsim_dot_v1_dot_cowsim__pb2.SubmitSweepResponse.SerializeToString,
+            ),
+            'GetSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSweep,
+                    request_deserializer=cowsim_dot_v1_dot_cowsim__pb2.GetSweepRequest.FromString,
+                    response_serializer=cowsim_dot_v1_dot_cowsim__pb2.GetSweepResponse.SerializeToString,
+            ),
+            'ListSweeps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSweeps,
+                    request_deserializer=cowsim_dot_v1_dot_cowsim__pb2.ListSweepsRequest.FromString,
+                    response_serializer=cowsim_dot_v1_dot_cowsim__pb2.ListSweepsResponse.SerializeToString,
+            ),
+            'WatchSweep': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSweep,
+                    request_deserializer=cowsim_dot_v1_dot_cowsim__pb2.WatchSweepRequest.FromString,
+                    response_serializer=cowsim_dot_v1_dot_cowsim__pb2.WatchSweepResponse.SerializeToString,
+            ),
+            'CancelSweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSweep,
+                    request_deserializer=cowsim_dot_v1_dot_cowsim__pb2.CancelSweepRequest.FromString,
+                    response_serializer=cowsim_dot_v1_dot_cowsim__pb2.CancelSweepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +486,141 @@ class CowsimService:
             '/cowsim.v1.CowsimService/GetSchema',
             cowsim_dot_v1_dot_cowsim__pb2.GetSchemaRequest.SerializeToString,
             cowsim_dot_v1_dot_cowsim__pb2.GetSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowsim.v1.CowsimService/SubmitSweep',
+            cowsim_dot_v1_dot_cowsim__pb2.SubmitSweepRequest.SerializeToString,
+            cowsim_dot_v1_dot_cowsim__pb2.SubmitSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowsim.v1.CowsimService/GetSweep',
+            cowsim_dot_v1_dot_cowsim__pb2.GetSweepRequest.SerializeToString,
+            cowsim_dot_v1_dot_cowsim__pb2.GetSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSweeps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowsim.v1.CowsimService/ListSweeps',
+            cowsim_dot_v1_dot_cowsim__pb2.ListSweepsRequest.SerializeToString,
+            cowsim_dot_v1_dot_cowsim__pb2.ListSweepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cowsim.v1.CowsimService/WatchSweep',
+            cowsim_dot_v1_dot_cowsim__pb2.WatchSweepRequest.SerializeToString,
+            cowsim_dot_v1_dot_cowsim__pb2.WatchSweepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cowsim.v1.CowsimService/CancelSweep',
+            cowsim_dot_v1_dot_cowsim__pb2.CancelSweepRequest.SerializeToString,
+            cowsim_dot_v1_dot_cowsim__pb2.CancelSweepResponse.FromString,
             options,
             channel_credentials,
             insecure,

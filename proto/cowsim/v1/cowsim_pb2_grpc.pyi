@@ -62,6 +62,21 @@ class CowsimServiceStub:
     """The kernel generations the model knows."""
     GetSchema: _grpc.UnaryUnaryMultiCallable[_cowsim_pb2.GetSchemaRequest, _cowsim_pb2.GetSchemaResponse]
     """The JSON Schema of workload specs or scenario scripts, as the library exports it."""
+    SubmitSweep: _grpc.UnaryUnaryMultiCallable[_cowsim_pb2.SubmitSweepRequest, _cowsim_pb2.SubmitSweepResponse]
+    """Expands and validates a sweep spec (every point before anything is queued), then
+    submits each of its runs as SubmitRun would (answered from the result cache when
+    known); returns at once.
+    """
+    GetSweep: _grpc.UnaryUnaryMultiCallable[_cowsim_pb2.GetSweepRequest, _cowsim_pb2.GetSweepResponse]
+    """A sweep, by id: its state, counts and runs; with SWEEP_VIEW_FULL, once it is final,
+    its tables.
+    """
+    ListSweeps: _grpc.UnaryUnaryMultiCallable[_cowsim_pb2.ListSweepsRequest, _cowsim_pb2.ListSweepsResponse]
+    """Sweeps, newest first; paginated (AIP-158)."""
+    WatchSweep: _grpc.UnaryStreamMultiCallable[_cowsim_pb2.WatchSweepRequest, _cowsim_pb2.WatchSweepResponse]
+    """The counts of a sweep's runs as they change, then one final message with the sweep."""
+    CancelSweep: _grpc.UnaryUnaryMultiCallable[_cowsim_pb2.CancelSweepRequest, _cowsim_pb2.CancelSweepResponse]
+    """Cancels every queued or running run of a sweep (a no-op on a finished one)."""
 
 @_typing.type_check_only
 class CowsimServiceAsyncStub(CowsimServiceStub):
@@ -84,6 +99,21 @@ class CowsimServiceAsyncStub(CowsimServiceStub):
     """The kernel generations the model knows."""
     GetSchema: _aio.UnaryUnaryMultiCallable[_cowsim_pb2.GetSchemaRequest, _cowsim_pb2.GetSchemaResponse]  # type: ignore[assignment]
     """The JSON Schema of workload specs or scenario scripts, as the library exports it."""
+    SubmitSweep: _aio.UnaryUnaryMultiCallable[_cowsim_pb2.SubmitSweepRequest, _cowsim_pb2.SubmitSweepResponse]  # type: ignore[assignment]
+    """Expands and validates a sweep spec (every point before anything is queued), then
+    submits each of its runs as SubmitRun would (answered from the result cache when
+    known); returns at once.
+    """
+    GetSweep: _aio.UnaryUnaryMultiCallable[_cowsim_pb2.GetSweepRequest, _cowsim_pb2.GetSweepResponse]  # type: ignore[assignment]
+    """A sweep, by id: its state, counts and runs; with SWEEP_VIEW_FULL, once it is final,
+    its tables.
+    """
+    ListSweeps: _aio.UnaryUnaryMultiCallable[_cowsim_pb2.ListSweepsRequest, _cowsim_pb2.ListSweepsResponse]  # type: ignore[assignment]
+    """Sweeps, newest first; paginated (AIP-158)."""
+    WatchSweep: _aio.UnaryStreamMultiCallable[_cowsim_pb2.WatchSweepRequest, _cowsim_pb2.WatchSweepResponse]  # type: ignore[assignment]
+    """The counts of a sweep's runs as they change, then one final message with the sweep."""
+    CancelSweep: _aio.UnaryUnaryMultiCallable[_cowsim_pb2.CancelSweepRequest, _cowsim_pb2.CancelSweepResponse]  # type: ignore[assignment]
+    """Cancels every queued or running run of a sweep (a no-op on a finished one)."""
 
 class CowsimServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs workload specs and scenario scripts for many clients."""
@@ -151,5 +181,50 @@ class CowsimServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cowsim_pb2.GetSchemaResponse, _abc.Awaitable[_cowsim_pb2.GetSchemaResponse]]:
         """The JSON Schema of workload specs or scenario scripts, as the library exports it."""
+
+    @_abc_1.abstractmethod
+    def SubmitSweep(
+        self,
+        request: _cowsim_pb2.SubmitSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cowsim_pb2.SubmitSweepResponse, _abc.Awaitable[_cowsim_pb2.SubmitSweepResponse]]:
+        """Expands and validates a sweep spec (every point before anything is queued), then
+        submits each of its runs as SubmitRun would (answered from the result cache when
+        known); returns at once.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSweep(
+        self,
+        request: _cowsim_pb2.GetSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cowsim_pb2.GetSweepResponse, _abc.Awaitable[_cowsim_pb2.GetSweepResponse]]:
+        """A sweep, by id: its state, counts and runs; with SWEEP_VIEW_FULL, once it is final,
+        its tables.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSweeps(
+        self,
+        request: _cowsim_pb2.ListSweepsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cowsim_pb2.ListSweepsResponse, _abc.Awaitable[_cowsim_pb2.ListSweepsResponse]]:
+        """Sweeps, newest first; paginated (AIP-158)."""
+
+    @_abc_1.abstractmethod
+    def WatchSweep(
+        self,
+        request: _cowsim_pb2.WatchSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cowsim_pb2.WatchSweepResponse], _abc.AsyncIterator[_cowsim_pb2.WatchSweepResponse]]:
+        """The counts of a sweep's runs as they change, then one final message with the sweep."""
+
+    @_abc_1.abstractmethod
+    def CancelSweep(
+        self,
+        request: _cowsim_pb2.CancelSweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cowsim_pb2.CancelSweepResponse, _abc.Awaitable[_cowsim_pb2.CancelSweepResponse]]:
+        """Cancels every queued or running run of a sweep (a no-op on a finished one)."""
 
 def add_CowsimServiceServicer_to_server(servicer: CowsimServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
