@@ -82,9 +82,17 @@ def check_plan(plan: RunPlan, limits: Limits) -> None:
                          f"{limits.max_frames:,} (max_frames)")
 
 
-def check_queue(depth: int, running: int, limits: Limits) -> None:
-    """Refuse a job when the queue is full."""
-    if depth >= limits.max_queued_runs:
+def check_queue(depth: int, running: int, limits: Limits, *, adding: int = 1,
+                what: str = "run") -> None:
+    """Refuse ``adding`` jobs (one run, or a sweep's runs: ``what``) that do not fit the
+    queue together."""
+    if depth + adding <= limits.max_queued_runs:
+        return
+    if adding == 1:
         raise _exhausted("max_queued_runs",
                          f"the queue is full: {depth} runs wait behind {running} running "
                          f"(max_queued_runs {limits.max_queued_runs}, workers {limits.workers})")
+    raise _exhausted("max_queued_runs",
+                     f"the {what}'s {adding} runs to queue do not fit: {depth} runs wait behind "
+                     f"{running} running (max_queued_runs {limits.max_queued_runs}, workers "
+                     f"{limits.workers})")

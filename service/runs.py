@@ -26,6 +26,22 @@ Everything about a run's life happens here, on the server's event loop:
 Scenario scripts (:meth:`RunManager.run_scenario`) go through the same queue and
 workers but are not stored: the call waits for the result, and a deadline or a
 client gone kills the worker.
+
+**Batches.**  :meth:`RunManager.submit` is :meth:`RunManager.plan` (in a thread)
+then :meth:`RunManager.admit` of one :class:`Candidate`; a sweep
+(:mod:`cowsim.service.sweep_service`) plans all its runs first and admits them
+in one call: all or none (the queue limit counts the whole batch), in one
+SQLite transaction together with the sweep's own rows.
+
+**Slots.**  A dispatcher drives a *slot*: anything with the
+:class:`~cowsim.service.pool.WorkerSlot` interface (``start``, ``execute``,
+``cancel``, ``kill``, ``stop``, ``busy``, ``killed``).  By default one local
+worker process per slot; ``cowsim serve --executor dask://…`` passes
+:class:`~cowsim.service.dask_pool.DaskSlot` s instead, which send each job to a
+Dask cluster (:mod:`cowsim.service.dask_pool`).
+
+**Changes.**  Every state change of a stored run wakes :meth:`RunManager.changed`,
+which sweep watchers wait on.
 """
 
 from __future__ import annotations
@@ -37,9 +53,10 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from multiprocessing.context import SpawnProcess
+from typing import Any, Protocol
 
 import grpc
 
@@ -68,7 +85,8 @@ from cowsim.sim import (
     plan_run,
 )
 
-__all__ = ["Progress", "RunManager", "ScenarioOutcome", "Submission"]
+__all__ = ["Candidate", "Planned", "Progress", "RunManager", "ScenarioOutcome", "Slot",
+           "Submission", "new_run_id"]
 
 log = logging.getLogger("cowsim.service")
 
@@ -108,12 +126,42 @@ class _Job:
     run_id: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
     future: asyncio.Future[dict[str, Any]] | None = None
-    slot: WorkerSlot | None = None
+    slot: Slot | None = None
     abandoned: bool = False
 
 
-@dataclass
-class _Planned:
+class Slot(Protocol):
+    """Where a dispatcher runs its jobs, one at a time (:class:`WorkerSlot`'s interface)."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    @property
+    def killed(self) -> bool: ...
+
+    @property
+    def process(self) -> SpawnProcess | None:
+        """The local worker process, when the slot has one (a Dask slot has none)."""
+        ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self) -> None: ...
+
+    async def execute(self, job: dict[str, Any], on_progress: Any) -> dict[str, Any]: ...
+
+    def cancel(self, grace_seconds: float) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A validated, planned submission: what :meth:`RunManager.plan` answers."""
+
     spec_name: str
     kernel_label: str
     kernel_name: str
@@ -121,6 +169,17 @@ class _Planned:
     workload: str
     key: str
     duration: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A planned run waiting to be admitted (:meth:`RunManager.admit`)."""
+
+    planned: Planned
+    spec_text: str
+    source_name: str
+    request_id: str | None = None
+    pace: float | None = None
 
 
 def _labels(record: RunRecord) -> RunLabels:
@@ -143,28 +202,42 @@ class RunManager:
     """Runs for one server (see the module docstring)."""
 
     def __init__(self, store: RunStore, limits: Limits, observer: Observer | None = None, *,
-                 cancel_grace_seconds: float = 5.0) -> None:
+                 cancel_grace_seconds: float = 5.0, slots: Sequence[Slot] | None = None) -> None:
         self.store = store
         self.limits = limits
         self.observer = SafeObserver(observer if observer is not None else NullObserver())
         self.cancel_grace_seconds = cancel_grace_seconds
         self.budget: Budget = budget(limits)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.slots = [WorkerSlot(spawn_context(), limits.worker_memory_bytes)
-                      for _ in range(limits.workers)]
-        self.running: dict[str, WorkerSlot] = {}
+        self.slots: list[Slot] = list(slots) if slots is not None else [
+            WorkerSlot(spawn_context(), limits.worker_memory_bytes) for _ in range(limits.workers)]
+        self.running: dict[str, Slot] = {}
         self.live: dict[str, Progress] = {}
         self.watchers: dict[str, set[asyncio.Queue[Progress | RunRecord]]] = {}
         self.finished: dict[str, asyncio.Event] = {}
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+
+    # -- state changes -------------------------------------------------------------------
+
+    def _state_changed(self, labels: RunLabels, old: str | None, new: str) -> None:
+        """Tell the observer, and wake everyone waiting in :meth:`changed`."""
+        self.observer.run_state_changed(labels, old, new)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self, timeout_seconds: float) -> None:
+        """Return when some stored run changes state, or after ``timeout_seconds``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_seconds)
 
     # -- life of the manager -------------------------------------------------------------
 
     async def start(self) -> None:
         """Recover the store's queued runs and start one dispatcher per worker."""
         for record in self.store.all():
-            self.observer.run_state_changed(_labels(record), None, record.state)
+            self._state_changed(_labels(record), None, record.state)
         for record in self.store.recover():
             self.queue.put_nowait(_Job(run_id=record.run_id))
         self.observer.queue_depth(self.queue.qsize())
@@ -198,16 +271,17 @@ class RunManager:
 
     # -- submitting ----------------------------------------------------------------------
 
-    def _plan(self, spec_text: str, source_name: str, kernel: str | None, seed: int | None
-              ) -> _Planned:
-        """Validate and plan (runs in a thread: a 4 MiB spec takes a while to parse)."""
+    def plan(self, spec_text: str, source_name: str, kernel: str | None, seed: int | None
+             ) -> Planned:
+        """Validate and plan against this server's budget and limits (call it in a thread:
+        a 4 MiB spec takes a while to parse); ServiceError naming the field or limit."""
         try:
             spec = parse_spec(spec_text, source_name)
             plan = plan_run(spec, kernel=kernel, seed=seed, budget=self.budget, source=source_name)
         except InvalidInput as exc:
             raise invalid_input(exc, "spec") from None
         check_plan(plan, self.limits)
-        return _Planned(spec_name=spec.name, kernel_label=plan.generation.label,
+        return Planned(spec_name=spec.name, kernel_label=plan.generation.label,
                         kernel_name=plan.kernel, seed=plan.seed, workload=spec.workload_label,
                         key=cache_key(plan.spec, plan.kernel, plan.seed, __version__),
                         duration=spec.duration)
@@ -240,43 +314,69 @@ class RunManager:
                                field_violations=[("request_id", "1-128 letters, digits or ._:-")])
         check_text_field(source_name, "source_name", MAX_SOURCE_NAME_CHARS)
         check_text_field(kernel or "", "kernel", 64)
-        planned = await asyncio.to_thread(self._plan, spec_text, source_name, kernel, seed)
+        planned = await asyncio.to_thread(self.plan, spec_text, source_name, kernel, seed)
         # No await from here on: the checks and the insert are one step of the event loop.
-        if request_id is not None:
-            replay = self._replay(request_id, planned.key)
-            if replay is not None:
-                return replay
-        cached = self.store.find_cached(planned.key) if pace is None else None
-        if cached is not None:
-            self.observer.cache_hit(_labels(cached))
-            if request_id is None:
-                return Submission(cached, cached=True)
+        [submission] = self.admit([Candidate(planned, spec_text, source_name, request_id, pace)])
+        return submission
+
+    def admit(self, candidates: Sequence[Candidate], *, what: str = "run",
+              also: Callable[[list[Submission]], None] | None = None) -> list[Submission]:
+        """Admit planned runs, all or none, in one step of the event loop (no await):
+        a known ``request_id`` replays its run, a known key is answered from the cache
+        (a paced candidate never is), the rest must fit the queue *together* (``what``
+        names them in the refusal).  The new records are inserted in one transaction, with
+        ``also(submissions)`` (the caller's own rows; one submission per candidate, in
+        order) inside it, and only then queued."""
         if self.draining:
             raise _unavailable()
-        if cached is None:
-            check_queue(self.queue.qsize(), len(self.running), self.limits)
-        record = RunRecord(
-            run_id=new_run_id(), cache_key=planned.key, name=planned.spec_name,
-            kernel=planned.kernel_label, kernel_name=planned.kernel_name,
-            workload=planned.workload, seed=planned.seed, state=QUEUED, spec_text=spec_text,
-            source_name=source_name, create_time=time.time(),
-            sim_seconds_total=planned.duration, request_id=request_id, pace=pace)
-        if cached is not None:  # a new request id for a cached result: its own record
-            record.state, record.start_time, record.end_time = SUCCEEDED, None, time.time()
-            record.result_json, record.result_status = cached.result_json, cached.result_status
-            record.wall_seconds, record.sim_seconds = cached.wall_seconds, cached.sim_seconds
-            record.events_processed = cached.events_processed
-        self.store.insert(record)
-        self.observer.run_state_changed(_labels(record), None, record.state)
-        if cached is not None:
-            return Submission(record, cached=True)
-        self.queue.put_nowait(_Job(run_id=record.run_id))
+        submissions: list[Submission] = []
+        new: list[RunRecord] = []
+        for candidate in candidates:
+            planned = candidate.planned
+            if candidate.request_id is not None:
+                replay = self._replay(candidate.request_id, planned.key)
+                if replay is not None:
+                    submissions.append(replay)
+                    continue
+            cached = self.store.find_cached(planned.key) if candidate.pace is None else None
+            if cached is not None:
+                self.observer.cache_hit(_labels(cached))
+                if candidate.request_id is None:
+                    submissions.append(Submission(cached, cached=True))
+                    continue
+            record = RunRecord(
+                run_id=new_run_id(), cache_key=planned.key, name=planned.spec_name,
+                kernel=planned.kernel_label, kernel_name=planned.kernel_name,
+                workload=planned.workload, seed=planned.seed, state=QUEUED,
+                spec_text=candidate.spec_text, source_name=candidate.source_name,
+                create_time=time.time(), sim_seconds_total=planned.duration,
+                request_id=candidate.request_id, pace=candidate.pace)
+            if cached is not None:  # a new request id for a cached result: its own record
+                record.state, record.start_time, record.end_time = SUCCEEDED, None, time.time()
+                record.result_json, record.result_status = cached.result_json, cached.result_status
+                record.wall_seconds, record.sim_seconds = cached.wall_seconds, cached.sim_seconds
+                record.events_processed = cached.events_processed
+            submissions.append(Submission(record, cached=cached is not None))
+            new.append(record)
+        queued = sum(record.state == QUEUED for record in new)
+        if queued:
+            check_queue(self.queue.qsize(), len(self.running), self.limits, adding=queued,
+                        what=what)
+        with self.store.transaction():
+            for record in new:
+                self.store.insert(record)
+            if also is not None:
+                also(submissions)
+        for record in new:
+            self._state_changed(_labels(record), None, record.state)
+            if record.state == QUEUED:
+                self.queue.put_nowait(_Job(run_id=record.run_id))
         self.observer.queue_depth(self.queue.qsize())
-        return Submission(record)
+        return submissions
 
     # -- running -------------------------------------------------------------------------
 
-    async def _dispatch(self, slot: WorkerSlot) -> None:
+    async def _dispatch(self, slot: Slot) -> None:
         while True:
             job = await self.queue.get()
             self.observer.queue_depth(self.queue.qsize())
@@ -305,14 +405,14 @@ class RunManager:
                 "source_name": record.source_name, "kernel": record.kernel_name,
                 "seed": record.seed, "budget": asdict(self.budget), "pace": record.pace}
 
-    async def _execute_run(self, slot: WorkerSlot, run_id: str) -> None:
+    async def _execute_run(self, slot: Slot, run_id: str) -> None:
         record = self.store.get(run_id)
         if record is None or record.state != QUEUED:
             return  # cancelled while it waited
         record = self.store.update(run_id, state=RUNNING, start_time=time.time(),
                                    attempts=record.attempts + 1)
         labels = _labels(record)
-        self.observer.run_state_changed(labels, QUEUED, RUNNING)
+        self._state_changed(labels, QUEUED, RUNNING)
         self.running[run_id] = slot
         self.finished.setdefault(run_id, asyncio.Event())
 
@@ -365,7 +465,7 @@ class RunManager:
             changes.update(state=FAILED, **_error_columns(reply.get("error", {})))
         record = self.store.update(run_id, **changes)
         labels = _labels(record)
-        self.observer.run_state_changed(labels, RUNNING, record.state)
+        self._state_changed(labels, RUNNING, record.state)
         if record.final:
             self.observer.run_finished(labels, record.state, wall_seconds, result)
             self._tell(run_id, record)
@@ -384,7 +484,7 @@ class RunManager:
         if record.state == QUEUED:
             record = self.store.update(run_id, state=CANCELLED, end_time=time.time(),
                                        cancel_requested=True)
-            self.observer.run_state_changed(_labels(record), QUEUED, CANCELLED)
+            self._state_changed(_labels(record), QUEUED, CANCELLED)
             self.observer.run_finished(_labels(record), CANCELLED, None, None)
             self._tell(run_id, record)
             return record

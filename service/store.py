@@ -18,6 +18,16 @@ One table, ``runs``, one row per run, in the data dir's ``runs.sqlite3``:
 The ``seq`` column (autoincrement) orders runs: newest first is ``seq DESC``,
 and a page token is the last ``seq`` seen.  The store is used from the server's
 event loop thread only (one connection; the writes are small).
+
+**Sweeps** (:mod:`cowsim.service.sweep_service`) live beside the runs: ``sweeps``
+has one row per sweep (its spec text and ``sweep.json`` manifest), ``sweep_runs``
+one row per (point, replication) naming the run it is.  A sweep owns no state of
+its own beyond that: its counts and state are read from its runs' rows
+(:meth:`RunStore.sweep_counts`), so a run that finishes, or a restart, moves the
+sweep with it.  A sweep and all its runs are inserted in one transaction
+(:meth:`RunStore.transaction`): a sweep is stored whole or not at all.  Both
+tables are created in place (``IF NOT EXISTS``) in a data dir an older cowsim
+wrote.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FINAL_STATES", "STATES", "RunRecord", "RunStore"]
+__all__ = ["FINAL_STATES", "STATES", "RunRecord", "RunStore", "SweepMember", "SweepRecord"]
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -66,6 +76,31 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_cache_key ON runs (cache_key, state);
 CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
+CREATE TABLE IF NOT EXISTS sweeps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sweep_id TEXT NOT NULL UNIQUE,
+    request_id TEXT UNIQUE,
+    sweep_key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    source_name TEXT NOT NULL,
+    spec_text TEXT NOT NULL,
+    manifest_json TEXT NOT NULL,
+    points INTEGER NOT NULL,
+    replications INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    point INTEGER NOT NULL,
+    replication INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    cached INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sweep_id, position)
+);
 """
 ADDED_COLUMNS = (("pace", "REAL"),)
 """Columns added after the first release of the schema, as (name, declaration)."""
@@ -113,6 +148,46 @@ class RunRecord:
 _COLUMNS = tuple(item.name for item in fields(RunRecord))
 
 
+@dataclass
+class SweepRecord:
+    """One row of ``sweeps``."""
+
+    sweep_id: str
+    sweep_key: str
+    """sha256 of the validated sweep and its run keys: what a replayed request_id must match."""
+    name: str
+    source_name: str
+    spec_text: str
+    manifest_json: str
+    """sweep.json as ``cowsim sweep`` writes it (:func:`cowsim.service.sweeps.describe`)."""
+    points: int
+    replications: int
+    create_time: float
+    request_id: str | None = None
+    cancel_requested: bool = False
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class SweepMember:
+    """One row of ``sweep_runs``: a (point, replication) of a sweep and the run it is."""
+
+    position: int
+    point: int
+    replication: int
+    seed: int
+    key: str
+    run_id: str
+    cached: bool = False
+    state: str = ""
+    """The run's state (read with the member; not a column of ``sweep_runs``)."""
+    end_time: float | None = None
+
+
+_SWEEP_COLUMNS = tuple(item.name for item in fields(SweepRecord))
+_MEMBER_COLUMNS = ("position", "point", "replication", "seed", "key", "run_id", "cached")
+
+
 def _record(row: sqlite3.Row) -> RunRecord:
     values: dict[str, Any] = {name: row[name] for name in _COLUMNS}
     values["cancel_requested"] = bool(values["cancel_requested"])
@@ -145,7 +220,13 @@ class RunStore:
         self._db.close()
 
     def _transaction(self) -> Any:
-        """``with self._transaction():`` — BEGIN IMMEDIATE … COMMIT (ROLLBACK on error)."""
+        """``with self._transaction():`` — BEGIN IMMEDIATE … COMMIT (ROLLBACK on error);
+        inside an open transaction, part of it."""
+        return _Transaction(self._db)
+
+    def transaction(self) -> Any:
+        """``with store.transaction():`` — the writes inside are one transaction (a sweep
+        and its runs are stored together or not at all)."""
         return _Transaction(self._db)
 
     # -- reading ------------------------------------------------------------------------
@@ -228,12 +309,90 @@ class RunStore:
         return [_record(row) for row in rows.fetchall()]
 
 
+    # -- sweeps ---------------------------------------------------------------------------
+
+    def insert_sweep(self, sweep: SweepRecord, members: list[SweepMember]) -> SweepRecord:
+        """Store a sweep and its members (inside :meth:`transaction`, with its new runs)."""
+        values = {name: getattr(sweep, name) for name in _SWEEP_COLUMNS if name != "seq"}
+        with self._transaction():
+            cursor = self._db.execute(
+                f"INSERT INTO sweeps ({', '.join(values)}) VALUES "
+                f"({', '.join('?' * len(values))})", tuple(values.values()))
+            self._db.executemany(
+                f"INSERT INTO sweep_runs (sweep_id, {', '.join(_MEMBER_COLUMNS)}) VALUES "
+                f"(?, {', '.join('?' * len(_MEMBER_COLUMNS))})",
+                [(sweep.sweep_id, *(getattr(m, c) for c in _MEMBER_COLUMNS)) for m in members])
+        sweep.seq = int(cursor.lastrowid or 0)
+        return sweep
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord | None:
+        row = self._db.execute("SELECT * FROM sweeps WHERE sweep_id = ?", (sweep_id,)).fetchone()
+        return _sweep(row) if row is not None else None
+
+    def sweep_by_request_id(self, request_id: str) -> SweepRecord | None:
+        row = self._db.execute("SELECT * FROM sweeps WHERE request_id = ?",
+                               (request_id,)).fetchone()
+        return _sweep(row) if row is not None else None
+
+    def list_sweeps(self, *, before_seq: int | None = None, limit: int = 50) -> list[SweepRecord]:
+        """Sweeps newest first, older than ``before_seq`` (a page token)."""
+        where, args = ("WHERE seq < ?", (before_seq,)) if before_seq is not None else ("", ())
+        rows = self._db.execute(f"SELECT * FROM sweeps {where} ORDER BY seq DESC LIMIT ?",
+                                (*args, limit)).fetchall()
+        return [_sweep(row) for row in rows]
+
+    def sweep_members(self, sweep_id: str) -> list[SweepMember]:
+        """A sweep's runs in (point, replication) order, with each run's state."""
+        rows = self._db.execute(
+            "SELECT m.*, r.state AS state, r.end_time AS end_time FROM sweep_runs m "
+            "JOIN runs r ON r.run_id = m.run_id WHERE m.sweep_id = ? ORDER BY m.position",
+            (sweep_id,)).fetchall()
+        return [SweepMember(**{c: row[c] for c in _MEMBER_COLUMNS}, state=row["state"],
+                            end_time=row["end_time"]) for row in rows]
+
+    def sweep_counts(self, sweep_id: str) -> dict[str, int]:
+        """How many of a sweep's distinct runs are in each state, and ``cached``."""
+        rows = self._db.execute(
+            "SELECT r.state, COUNT(*), SUM(cached) FROM (SELECT run_id, MAX(cached) AS cached "
+            "FROM sweep_runs WHERE sweep_id = ? GROUP BY run_id) m JOIN runs r "
+            "ON r.run_id = m.run_id GROUP BY r.state", (sweep_id,)).fetchall()
+        counts = dict.fromkeys((*STATES, "cached"), 0)
+        for state, count, cached in rows:
+            counts[state] = count
+            counts["cached"] += cached or 0
+        return counts
+
+    def sweep_end_time(self, sweep_id: str) -> float | None:
+        """When the last of a sweep's runs ended."""
+        row = self._db.execute("SELECT MAX(r.end_time) FROM sweep_runs m JOIN runs r ON "
+                               "r.run_id = m.run_id WHERE m.sweep_id = ?", (sweep_id,)).fetchone()
+        return row[0] if row is not None else None
+
+    def request_sweep_cancel(self, sweep_id: str) -> None:
+        with self._transaction():
+            self._db.execute("UPDATE sweeps SET cancel_requested = 1 WHERE sweep_id = ?",
+                             (sweep_id,))
+
+
+def _sweep(row: sqlite3.Row) -> SweepRecord:
+    values: dict[str, Any] = {name: row[name] for name in _SWEEP_COLUMNS}
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return SweepRecord(**values)
+
+
 class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, or nothing when a transaction is already open (then the
+    outer one commits or rolls back everything)."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.outer = False
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        if self.outer:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
