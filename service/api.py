@@ -21,10 +21,17 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from cowsim.service.convert import STATE_NAMES, progress_message, run_message
+from cowsim.service.convert import (
+    STATE_NAMES,
+    progress_message,
+    run_message,
+    sweep_message,
+    sweep_progress_message,
+)
 from cowsim.service.errors import ServiceError
 from cowsim.service.runs import RunManager
 from cowsim.service.store import RunRecord
+from cowsim.service.sweep_service import SweepManager, SweepView
 from cowsim.sim import (
     KernelVersionError,
     Scenario,
@@ -55,6 +62,20 @@ def _run_id(value: str) -> str:
     if not RUN_ID.fullmatch(value):
         raise _invalid("run_id", "a run id is 1-64 lowercase hex digits")
     return value
+
+
+def _sweep_id(value: str) -> str:
+    if not RUN_ID.fullmatch(value):
+        raise _invalid("sweep_id", "a sweep id is 1-64 lowercase hex digits")
+    return value
+
+
+def _sweep_full(view: int) -> bool:
+    if view == pb.SWEEP_VIEW_UNSPECIFIED:
+        return True
+    if view not in (pb.SWEEP_VIEW_BASIC, pb.SWEEP_VIEW_FULL):
+        raise _invalid("view", f"unknown view {view}")
+    return view == pb.SWEEP_VIEW_FULL
 
 
 def _source_name(name: str, fmt: int, default: str) -> str:
@@ -115,8 +136,9 @@ async def _answer(context: aio.ServicerContext[Any, Any], call: Callable[[], Awa
 class CowsimServicer(cowsim_pb2_grpc.CowsimServiceServicer):
     """The CowsimService RPCs over one :class:`RunManager`."""
 
-    def __init__(self, manager: RunManager) -> None:
+    def __init__(self, manager: RunManager, sweeps: SweepManager | None = None) -> None:
         self.manager = manager
+        self.sweeps = sweeps if sweeps is not None else SweepManager(manager)
 
     async def SubmitRun(self, request: pb.SubmitRunRequest,
                         context: aio.ServicerContext[Any, Any]) -> pb.SubmitRunResponse:
@@ -240,4 +262,70 @@ class CowsimServicer(cowsim_pb2_grpc.CowsimServiceServicer):
                 raise _invalid("kind", f"unknown schema kind {request.kind}")
             return pb.GetSchemaResponse(json_schema=json.dumps(schema, indent=2),
                                         cowsim_version=__version__)
+        return await _answer(context, call)
+
+    # -- sweeps --------------------------------------------------------------------------
+
+    def _sweep(self, view: SweepView, full: bool) -> pb.Sweep:
+        return sweep_message(view, full)
+
+    async def SubmitSweep(self, request: pb.SubmitSweepRequest,
+                          context: aio.ServicerContext[Any, Any]) -> pb.SubmitSweepResponse:
+        async def call() -> pb.SubmitSweepResponse:
+            source = _source_name(request.source_name, request.sweep_format, "<sweep>")
+            record, replayed = await self.sweeps.submit(request.sweep, source,
+                                                        request.request_id or None)
+            return pb.SubmitSweepResponse(sweep=self._sweep(self.sweeps.view(record), False),
+                                          replayed=replayed)
+        return await _answer(context, call)
+
+    async def GetSweep(self, request: pb.GetSweepRequest,
+                       context: aio.ServicerContext[Any, Any]) -> pb.GetSweepResponse:
+        async def call() -> pb.GetSweepResponse:
+            full = _sweep_full(request.view)
+            record = self.sweeps.get(_sweep_id(request.sweep_id))
+            view = await self.sweeps.full_view(record) if full else self.sweeps.view(record)
+            return pb.GetSweepResponse(sweep=self._sweep(view, full))
+        return await _answer(context, call)
+
+    async def ListSweeps(self, request: pb.ListSweepsRequest,
+                         context: aio.ServicerContext[Any, Any]) -> pb.ListSweepsResponse:
+        async def call() -> pb.ListSweepsResponse:
+            if request.page_size < 0:
+                raise _invalid("page_size", "must not be negative")
+            size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            filters: dict[str, Any] = {"kind": "sweeps"}
+            before = _before_seq(request.page_token, filters)
+            views = self.sweeps.list_sweeps(before, size + 1)
+            more = len(views) > size
+            views = views[:size]
+            token = _page_token(filters, views[-1].record.seq) if more and views else ""
+            return pb.ListSweepsResponse(sweeps=[self._sweep(v, False) for v in views],
+                                         next_page_token=token)
+        return await _answer(context, call)
+
+    async def WatchSweep(self, request: pb.WatchSweepRequest,
+                         context: aio.ServicerContext[Any, Any]
+                         ) -> AsyncIterator[pb.WatchSweepResponse]:
+        try:
+            sweep_id = _sweep_id(request.sweep_id)
+            async for item in self.sweeps.watch(sweep_id):
+                if isinstance(item, SweepView):
+                    yield pb.WatchSweepResponse(sweep=self._sweep(item, False))
+                else:
+                    yield pb.WatchSweepResponse(progress=sweep_progress_message(sweep_id, item))
+        except ServiceError as error:
+            await context.abort(error.code, error.message,
+                                trailing_metadata=error.trailing_metadata())
+        except aio.AbortError:
+            raise
+        except Exception as error:
+            log.exception("WatchSweep failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+
+    async def CancelSweep(self, request: pb.CancelSweepRequest,
+                          context: aio.ServicerContext[Any, Any]) -> pb.CancelSweepResponse:
+        async def call() -> pb.CancelSweepResponse:
+            view = await self.sweeps.cancel(_sweep_id(request.sweep_id))
+            return pb.CancelSweepResponse(sweep=self._sweep(view, False))
         return await _answer(context, call)

@@ -4,6 +4,8 @@
 ``Run`` (with its result for ``RUN_VIEW_FULL``); :func:`result_message` fills
 the typed ``RunResult`` fields from the result dict, whose full JSON travels in
 ``result_json`` exactly as the worker produced it (``cowsim run --json``'s text).
+:func:`sweep_message` renders a :class:`~cowsim.service.sweep_service.SweepView`
+as a ``Sweep`` and :func:`sweep_progress_message` its counts.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cowsim.service.runs import Progress
 from cowsim.service.store import RunRecord
+from cowsim.service.sweep_service import SweepCounts, SweepView
 from cowsim.v1 import cowsim_pb2 as pb
 
-__all__ = ["STATE_NAMES", "STATE_VALUES", "progress_message", "result_message", "run_message"]
+__all__ = ["STATE_NAMES", "STATE_VALUES", "progress_message", "result_message", "run_message",
+           "sweep_message", "sweep_progress_message"]
 
 STATE_VALUES: dict[str, pb.RunState.ValueType] = {
     "QUEUED": pb.RUN_STATE_QUEUED, "RUNNING": pb.RUN_STATE_RUNNING,
@@ -98,3 +102,34 @@ def progress_message(event: Progress) -> pb.RunProgress:
                              events_processed=event.events_processed)
     message.counter_deltas.update({name: float(value) for name, value in event.deltas.items()})
     return message
+
+
+def sweep_progress_message(sweep_id: str, counts: SweepCounts) -> pb.SweepProgress:
+    return pb.SweepProgress(sweep_id=sweep_id, total=counts.total, done=counts.done,
+                            running=counts.running, queued=counts.queued, failed=counts.failed,
+                            cached=counts.cached)
+
+
+def sweep_message(view: SweepView, full: bool) -> pb.Sweep:
+    """A sweep as a ``Sweep``: its members when the view has them; with ``full``, its text,
+    sweep.json and (when the view has them: a final sweep) its tables."""
+    record = view.record
+    sweep = pb.Sweep(sweep_id=record.sweep_id, name=record.name,
+                     state=STATE_VALUES[view.state], request_id=record.request_id or "",
+                     progress=sweep_progress_message(record.sweep_id, view.counts),
+                     points=record.points, replications=record.replications)
+    for name, seconds in (("create_time", record.create_time), ("end_time", view.end_time)):
+        stamp = _timestamp(seconds)
+        if stamp is not None:
+            getattr(sweep, name).CopyFrom(stamp)
+    sweep.runs.extend(pb.SweepRun(point=m.point, replication=m.replication, seed=m.seed,
+                                  key=m.key, run_id=m.run_id, state=STATE_VALUES[m.state])
+                      for m in view.members)
+    if full:
+        sweep.sweep = record.spec_text
+        sweep.sweep_json = record.manifest_json
+        if view.tables is not None:
+            sweep.runs_csv = view.tables.runs_csv
+            sweep.summary_csv = view.tables.summary_csv
+            sweep.failures_json = view.tables.failures_json
+    return sweep

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["METRICS", "summarize", "t_quantile_975", "write_atomic", "write_table"]
+__all__ = ["METRICS", "csv_text", "summarize", "t_quantile_975", "write_atomic", "write_table"]
 
 Row = dict[str, Any]
 
@@ -159,15 +159,21 @@ def _csv_cell(value: Any) -> str:
     return str(value)
 
 
+def csv_text(rows: Sequence[Row], columns: Sequence[str]) -> str:
+    """The CSV of ``rows`` with ``columns`` in order (None is empty, floats as ``repr``):
+    exactly what :func:`write_table` writes, so a server can send the file's text."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(column)) for column in columns])
+    return text.getvalue()
+
+
 def write_table(rows: Sequence[Row], columns: Sequence[str], stem: Path) -> None:
     """``stem``.parquet and ``stem``.csv with ``columns`` in order (None is null / empty)."""
     arrays = {column: pa.array([row.get(column) for row in rows]) for column in columns}
     sink = io.BytesIO()
     pq.write_table(pa.table(arrays), sink)
     write_atomic(stem.with_suffix(".parquet"), sink.getvalue())
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_cell(row.get(column)) for column in columns])
-    write_atomic(stem.with_suffix(".csv"), text.getvalue().encode("utf-8"))
+    write_atomic(stem.with_suffix(".csv"), csv_text(rows, columns).encode("utf-8"))

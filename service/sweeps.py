@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,11 @@ from typing import Any
 from cowsim.service.cache import cache_key
 from cowsim.service.executors import Executor, RunJob
 from cowsim.service.sweep_table import METRICS, Row, summarize, write_atomic, write_table
-from cowsim.sim import InvalidInput, SweepPlan, SweepPoint, __version__
+from cowsim.sim import InvalidInput, SweepPlan, SweepPoint, __version__, generation_for
 
-__all__ = ["SweepProgress", "SweepReport", "SweepRun", "SweepStore", "run_sweep", "sweep_runs"]
+__all__ = ["SweepProgress", "SweepReport", "SweepRun", "SweepStore", "SweepTables", "describe",
+           "manifest_json", "manifest_tables", "run_sweep", "sweep_runs", "table_columns",
+           "write_table_files"]
 
 FORMAT = 1
 """The version of sweep.json's layout."""
@@ -93,8 +95,7 @@ class SweepStore:
         store = cls(root)
         try:
             store.runs.mkdir(parents=True, exist_ok=True)
-            write_atomic(manifest, (json.dumps(describe(plan, runs), indent=1, sort_keys=True)
-                                    + "\n").encode())
+            write_atomic(manifest, manifest_json(describe(plan, runs)).encode())
         except OSError as exc:
             raise InvalidInput(f"cannot write {root}: {exc.strerror or exc}", source=option) from None
         return store
@@ -131,6 +132,11 @@ def describe(plan: SweepPlan, runs: list[SweepRun]) -> dict[str, Any]:
     }
 
 
+def manifest_json(manifest: Mapping[str, Any]) -> str:
+    """sweep.json's text, as ``cowsim sweep`` writes it."""
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+
+
 @dataclass
 class SweepProgress:
     """Where a sweep is: runs in all, stored (before and now), failed, running."""
@@ -161,20 +167,32 @@ class SweepReport:
         return not self.failures
 
 
-def _row(plan: SweepPlan, run: SweepRun, result: dict[str, Any] | None, error: str | None) -> Row:
-    row: Row = {"point": run.point.index, "replication": run.replication, **run.point.values,
-                "kernel": run.point.kernel, "era": run.point.era, "seed": run.seed,
-                "key": run.key, "status": "completed" if result is not None else "failed",
-                "error": error}
+@dataclass(frozen=True)
+class SweepTables:
+    """A sweep's two tables, rows and columns in order (what runs.* and summary.* hold)."""
+
+    run_columns: list[str]
+    runs: list[Row]
+    summary_columns: list[str]
+    summary: list[Row]
+
+
+def _row(entry: Mapping[str, Any], result: Mapping[str, Any] | None, error: str | None) -> Row:
+    """One runs-table row from a sweep.json run entry and its result (None: failed)."""
+    row: Row = {"point": entry["point"], "replication": entry["replication"],
+                **entry["values"], "kernel": entry["kernel"],
+                "era": generation_for(entry["kernel"]).era,
+                "seed": entry["seed"], "key": entry["key"],
+                "status": "completed" if result is not None else "failed", "error": error}
     metrics = result.get("metrics", {}) if result is not None else None
     for name, read in METRICS.items():
         row[name] = read(metrics) if metrics is not None else None
     return row
 
 
-def table_columns(plan: SweepPlan) -> tuple[list[str], list[str]]:
-    """The runs table's columns and the summary's."""
-    axes = list(plan.columns)
+def table_columns(columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The runs table's columns and the summary's, for a sweep of these axis columns."""
+    axes = list(columns)
     point = ["point", *axes, *([] if "kernel" in axes else ["kernel"]), "era"]
     runs = [*point[:1], "replication", *point[1:], "seed", "key", "status", "error", *METRICS]
     summary = [*point, "replications", "failed",
@@ -182,20 +200,33 @@ def table_columns(plan: SweepPlan) -> tuple[list[str], list[str]]:
     return runs, summary
 
 
+def manifest_tables(manifest: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]],
+                    failures: Mapping[str, str]) -> SweepTables:
+    """The tables of a sweep from its sweep.json (:func:`describe`) and the results by key
+    (a key without one is a failed row, its error from ``failures``).  The one way the
+    tables are made: ``cowsim sweep`` from its directory, the server from its store."""
+    rows = [_row(entry, results.get(entry["key"]),
+                 None if entry["key"] in results else failures.get(entry["key"], "not run"))
+            for entry in manifest["runs"]]
+    run_columns, summary_columns = table_columns(manifest["columns"])
+    point_columns = [c for c in summary_columns if c in run_columns]
+    return SweepTables(run_columns, rows, summary_columns, summarize(rows, point_columns))
+
+
+def write_table_files(root: Path, tables: SweepTables, failures: Mapping[str, str]) -> None:
+    """runs.*, summary.* and failures.json into ``root``, each renamed into place."""
+    write_table(tables.runs, tables.run_columns, root / "runs")
+    write_table(tables.summary, tables.summary_columns, root / "summary")
+    write_atomic(root / "failures.json",
+                 (json.dumps(dict(failures), indent=1, sort_keys=True) + "\n").encode())
+
+
 def write_tables(plan: SweepPlan, runs: list[SweepRun], store: SweepStore,
                  failures: dict[str, str]) -> None:
     """runs.*, summary.* and failures.json from what is stored (every run of the plan)."""
-    rows = []
-    for run in runs:
-        result = store.load(run.key) if store.has(run.key) else None
-        error = None if result is not None else failures.get(run.key, "not run")
-        rows.append(_row(plan, run, result, error))
-    run_columns, summary_columns = table_columns(plan)
-    point_columns = [c for c in summary_columns if c in run_columns]
-    write_table(rows, run_columns, store.root / "runs")
-    write_table(summarize(rows, point_columns), summary_columns, store.root / "summary")
-    write_atomic(store.root / "failures.json",
-                 (json.dumps(failures, indent=1, sort_keys=True) + "\n").encode())
+    results = {run.key: store.load(run.key) for run in runs if store.has(run.key)}
+    write_table_files(store.root, manifest_tables(describe(plan, runs), results, failures),
+                      failures)
 
 
 def run_sweep(plan: SweepPlan, store: SweepStore, executor: Executor, *,
