@@ -4,12 +4,15 @@
                  [--workers N] [--token-file F] [--tls-cert C --tls-key K]
                  [--worker-memory BYTES] [--max-queued N] [--max-sim-seconds S]
                  [--max-frames N] [--max-message-bytes N] [--drain-seconds S]
+                 [--executor local|dask://HOST:PORT]
 
 :func:`add_command` adds the subcommand to the ``cowsim`` parser and :func:`main`
 runs it; options are checked before anything starts (one line, exit 2).
 ``--metrics-port`` serves Prometheus metrics at ``http://HOST:PORT/metrics``
 (:mod:`cowsim.service.metrics`): 0 binds a free port (the start-up log line names
-it), ``off`` serves none.
+it), ``off`` serves none.  ``--executor dask://HOST:PORT`` sends the runs to a
+Dask scheduler instead of ``--workers`` local processes
+(:mod:`cowsim.service.dask_pool`); one that cannot be reached at start is exit 2.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cowsim.service.limits import Limits
 from cowsim.service.server import ServerConfig, serve
 from cowsim.sim import InvalidInput, parse_bytes
 
-__all__ = ["add_command", "config_from_args", "main", "parse_metrics_port"]
+__all__ = ["add_command", "config_from_args", "main", "parse_executor", "parse_metrics_port"]
 
 def add_command(commands: Any) -> None:
     serve_parser = commands.add_parser("serve", help="run the gRPC service")
@@ -49,6 +52,9 @@ def add_command(commands: Any) -> None:
     serve_parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes)
     serve_parser.add_argument("--drain-seconds", type=float, default=30.0,
                               help="on SIGTERM, how long running runs may take to finish")
+    serve_parser.add_argument("--executor", default="local",
+                              help="where runs go: local (worker processes, the default) or "
+                                   "dask://HOST:PORT (a Dask scheduler)")
 
 
 def _read(path: Path, option: str) -> bytes:
@@ -68,11 +74,23 @@ def parse_metrics_port(text: str) -> int | None:
     return int(text)
 
 
+def parse_executor(text: str) -> str:
+    """``--executor``: ``local`` or ``dask://HOST:PORT``."""
+    if text == "local":
+        return text
+    host, _, port = text.removeprefix("dask://").rpartition(":")
+    if text.startswith("dask://") and host and port.isdigit() and 0 < int(port) < 65536:
+        return text
+    raise InvalidInput(f"{text!r}: the executors of cowsim serve are local and "
+                       "dask://HOST:PORT", source="--executor")
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The server configuration the options describe; InvalidInput naming the option."""
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidInput("--tls-cert and --tls-key go together", source="--tls-cert")
     metrics_port = parse_metrics_port(str(args.metrics_port))
+    executor = parse_executor(str(args.executor))
     if not 0 <= args.port <= 65535:
         raise InvalidInput(f"a port is 0 … 65535, not {args.port}", source="--port")
     try:
@@ -96,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         limits=limits, token=token,
         tls_cert=_read(args.tls_cert, "--tls-cert") if args.tls_cert else None,
         tls_key=_read(args.tls_key, "--tls-key") if args.tls_key else None,
-        drain_seconds=args.drain_seconds)
+        drain_seconds=args.drain_seconds, executor=executor)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -251,7 +251,8 @@ class DaskExecutor:
     existing scheduler at ``address`` (``tcp://HOST:PORT``)."""
 
     def __init__(self, address: str | None, workers: int, *, attempts: int = MAX_ATTEMPTS,
-                 processes: bool = True, function: JobFunction = execute) -> None:
+                 processes: bool = True, function: JobFunction = execute,
+                 timeout_seconds: float = 10.0) -> None:
         try:
             import dask  # optional (cowsim[dask]): pyproject's banned-module-level-imports
             import distributed
@@ -270,7 +271,7 @@ class DaskExecutor:
                         dashboard_address=None, silence_logs=logging.ERROR)
                 self._client: Any = self._distributed.Client(self._cluster)
             else:
-                self._client = self._distributed.Client(address, timeout=10)
+                self._client = self._distributed.Client(address, timeout=timeout_seconds)
         except (OSError, TimeoutError) as exc:
             self.close()
             raise ExecutorUnavailableError(f"cannot reach the Dask scheduler {address}: {exc}") from None

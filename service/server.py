@@ -11,6 +11,11 @@ interceptors, and TLS when a certificate and key are given::
     ...
     await server.stop()                  # NOT_SERVING, drain, re-queue, exit
 
+With ``executor="dask://HOST:PORT"`` the runs go to a Dask cluster instead of
+local worker processes (:mod:`cowsim.service.dask_pool`): the scheduler is
+connected to before anything else starts, and one that cannot be reached makes
+:meth:`CowsimServer.start` fail (``cowsim serve``: exit 2, one line).
+
 With ``metrics_port`` set, the server also runs a
 :class:`~cowsim.service.metrics.PrometheusExporter` (beside any observer passed
 in) and serves it at ``http://HOST:PORT/metrics`` from the same host; port 0
@@ -41,12 +46,14 @@ from grpc_reflection.v1alpha import reflection
 
 from cowsim.service.api import CowsimServicer
 from cowsim.service.auth import TokenAuthInterceptor
+from cowsim.service.dask_pool import DaskCluster
 from cowsim.service.interceptors import ObservingInterceptor
 from cowsim.service.limits import Limits
 from cowsim.service.metrics import MetricsHTTPServer, PrometheusExporter
 from cowsim.service.observer import NullObserver, Observer, ObserverGroup, SafeObserver
-from cowsim.service.runs import RunManager
+from cowsim.service.runs import RunManager, Slot
 from cowsim.service.store import RunStore
+from cowsim.service.sweep_service import SweepManager
 from cowsim.v1 import cowsim_pb2, cowsim_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "CowsimServer", "ServerConfig", "serve"]
@@ -77,6 +84,11 @@ class ServerConfig:
     """On stop: how long running runs may take to finish before they are re-queued."""
     cancel_grace_seconds: float = 5.0
     """After CancelRun: how long a run may take to stop before its worker is killed."""
+    executor: str = "local"
+    """Where runs go: ``local`` (``limits.workers`` worker processes) or
+    ``dask://HOST:PORT`` (a Dask scheduler; :mod:`cowsim.service.dask_pool`)."""
+    executor_timeout_seconds: float = 10.0
+    """How long to try to reach a Dask scheduler at start."""
 
 
 class CowsimServer:
@@ -101,6 +113,9 @@ class CowsimServer:
         self.extra_interceptors = tuple(interceptors)
         self.store: RunStore | None = None
         self.manager: RunManager | None = None
+        self.sweeps: SweepManager | None = None
+        self.cluster: DaskCluster | None = None
+        """The Dask connection, with ``executor="dask://…"``."""
         self.health = health.aio.HealthServicer()
         self.server: aio.Server | None = None
         self.port = 0
@@ -118,9 +133,18 @@ class CowsimServer:
             except OSError as exc:
                 raise RuntimeError(f"cannot serve metrics on {config.host}:"
                                    f"{config.metrics_port}: {exc.strerror or exc}") from None
+        slots: list[Slot] | None = None
+        if config.executor != "local":
+            self.cluster = await asyncio.to_thread(
+                DaskCluster, config.executor, config.limits.workers,
+                timeout_seconds=config.executor_timeout_seconds)
+            slots = list(self.cluster.slots())
+            log.info("cowsim runs on the Dask cluster at %s (%d at once)", self.cluster.address,
+                     len(slots))
         self.store = RunStore(config.data_dir)
         self.manager = RunManager(self.store, config.limits, self.observer,
-                                  cancel_grace_seconds=config.cancel_grace_seconds)
+                                  cancel_grace_seconds=config.cancel_grace_seconds, slots=slots)
+        self.sweeps = SweepManager(self.manager)
         await self.manager.start()
         interceptors: list[aio.ServerInterceptor] = [ObservingInterceptor(self.observer)]
         interceptors.extend(self.extra_interceptors)
@@ -131,7 +155,8 @@ class CowsimServer:
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", max(size, 64 << 20)),
         ])
-        cowsim_pb2_grpc.add_CowsimServiceServicer_to_server(CowsimServicer(self.manager), server)
+        cowsim_pb2_grpc.add_CowsimServiceServicer_to_server(
+            CowsimServicer(self.manager, self.sweeps), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -168,6 +193,8 @@ class CowsimServer:
             await self.server.stop(grace=2.0)
         if self.store is not None:
             self.store.close()
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.close)
         if self.metrics_http is not None:  # last: a scrape during the drain still answers
             self.metrics_http.stop()
 

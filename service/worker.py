@@ -26,7 +26,12 @@ worker's memory (``MemoryError`` under RLIMIT_AS).  A worker that dies
 outright (a signal, the kernel's OOM killer) is noticed by its parent through
 the pipe's end (:mod:`cowsim.service.pool`).
 
-Only this module and the pool share the message format.
+Only this module and the pools share the message format.
+
+:func:`run_job` is the same job run in the calling process, for a Dask worker
+(:mod:`cowsim.service.dask_pool`): no pipe and no memory limit of its own, its
+progress merged into one message returned with the reply (``"progress"``), and
+cancellation asked of a callback the caller gives.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from cowsim.sim import (
 )
 
 __all__ = ["PROGRESS_INTERVAL_SECONDS", "SETTLED_COUNTERS", "apply_memory_limit", "error_dict",
-           "error_from_dict", "worker_main"]
+           "error_from_dict", "run_job", "worker_main"]
 
 PROGRESS_INTERVAL_SECONDS = 0.05
 """The shortest wall time between two progress messages of one run."""
@@ -115,8 +120,10 @@ class _Progress:
     histogram observations (:class:`cowsim.sim.HistogramDelta` as plain data) of every
     event since the previous message, summed."""
 
-    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, send: Callable[[dict[str, Any]], None],
+                 interval_seconds: float = PROGRESS_INTERVAL_SECONDS) -> None:
         self.send = send
+        self.interval_seconds = interval_seconds
         self.pending: dict[str, float] = {}
         self.histograms: dict[str, dict[str, Any]] = {}
         self.sent: dict[str, float] = dict.fromkeys(SETTLED_COUNTERS, 0)
@@ -139,7 +146,7 @@ class _Progress:
             merged["sum_seconds"] += delta.sum_seconds
         self.last, self.dirty = event, True
         now = time.monotonic()
-        if now - self.sent_at >= PROGRESS_INTERVAL_SECONDS:
+        if now - self.sent_at >= self.interval_seconds:
             self.flush()
             self.sent_at = now
 
@@ -165,11 +172,14 @@ class _Progress:
         self.pending, self.histograms, self.dirty = {}, {}, False
 
 
-def _run_workload(job: dict[str, Any], conn: Connection, cancel: Callable[[], bool]
-                  ) -> dict[str, Any]:
+Send = Callable[[dict[str, Any]], None]
+
+
+def _run_workload(job: dict[str, Any], send: Send, cancel: Callable[[], bool],
+                  interval_seconds: float = PROGRESS_INTERVAL_SECONDS) -> dict[str, Any]:
     source = job["source_name"]
     spec = parse_spec(job["spec_text"], source)
-    progress = _Progress(conn.send)
+    progress = _Progress(send, interval_seconds)
     try:
         outcome = run(spec, kernel=job["kernel"], seed=job["seed"], progress=progress,
                       cancel=cancel, budget=Budget(**job["budget"]), pace=job.get("pace"))
@@ -204,10 +214,11 @@ def _run_scenario(job: dict[str, Any]) -> dict[str, Any]:
     return {"type": "scenario", "results": results}
 
 
-def _execute(job: dict[str, Any], conn: Connection, cancel: Callable[[], bool]) -> dict[str, Any]:
+def _execute(job: dict[str, Any], send: Send, cancel: Callable[[], bool],
+             interval_seconds: float = PROGRESS_INTERVAL_SECONDS) -> dict[str, Any]:
     try:
         if job["kind"] == "workload":
-            return _run_workload(job, conn, cancel)
+            return _run_workload(job, send, cancel, interval_seconds)
         return _run_scenario(job)
     except MemoryError:
         return {"type": "error", "error": {"class": "memory", "message": "the run ran out of "
@@ -217,6 +228,15 @@ def _execute(job: dict[str, Any], conn: Connection, cancel: Callable[[], bool]) 
     except Exception as exc:  # a bug: one line for the run's record, never a traceback
         return {"type": "error", "error": {"class": "internal", "message": f"internal error: "
                                            f"{type(exc).__name__}: {str(exc)[:300]}"}}
+
+
+def run_job(job: dict[str, Any], cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Run one job here (a Dask worker's task): the reply a worker process would send, with
+    ``"progress"``: the run's progress merged into one message (or None)."""
+    messages: list[dict[str, Any]] = []
+    reply = _execute(job, messages.append, cancel or (lambda: False), float("inf"))
+    reply["progress"] = messages[-1] if messages else None
+    return reply
 
 
 def worker_main(conn: Connection, cancel_event: Event, allowance_bytes: int) -> None:
@@ -235,7 +255,7 @@ def worker_main(conn: Connection, cancel_event: Event, allowance_bytes: int) -> 
             return
         if job is None:
             return
-        reply = _execute(job, conn, cancelled)
+        reply = _execute(job, conn.send, cancelled)
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):
