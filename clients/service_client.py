@@ -7,6 +7,8 @@
         for event in client.watch(run.run_id):       # progress, then the final run
             ...
         result = json.loads(client.get(run.run_id).result.result_json)
+        sweep = client.submit_sweep(open("sweep.yaml").read(), source_name="sweep.yaml").sweep
+        final = client.wait_sweep(sweep.sweep_id)          # then get_sweep(...).runs_csv
 
 It is synchronous (a :class:`grpc.Channel` and the generated
 ``CowsimServiceStub``); for asyncio, use
@@ -195,3 +197,53 @@ class Client:
         response: pb.GetSchemaResponse = self._call(self.stub.GetSchema,
                                                     pb.GetSchemaRequest(kind=kind))
         return response.json_schema
+
+    # -- sweeps --------------------------------------------------------------------------
+
+    def submit_sweep(self, sweep: str, *, source_name: str = "", request_id: str = "",
+                     sweep_format: pb.SpecFormat.ValueType = pb.SPEC_FORMAT_UNSPECIFIED
+                     ) -> pb.SubmitSweepResponse:
+        """Submit a sweep spec's text (its ``base`` inline); every run is queued or cached."""
+        request = pb.SubmitSweepRequest(sweep=sweep, source_name=source_name,
+                                        request_id=request_id, sweep_format=sweep_format)
+        response: pb.SubmitSweepResponse = self._call(self.stub.SubmitSweep, request)
+        return response
+
+    def get_sweep(self, sweep_id: str, *, full: bool = True) -> pb.Sweep:
+        """A sweep; ``full``: with its text, sweep.json and (once final) its tables."""
+        view = pb.SWEEP_VIEW_FULL if full else pb.SWEEP_VIEW_BASIC
+        response: pb.GetSweepResponse = self._call(
+            self.stub.GetSweep, pb.GetSweepRequest(sweep_id=sweep_id, view=view))
+        return response.sweep
+
+    def list_sweeps(self, *, page_size: int = 0) -> Iterator[pb.Sweep]:
+        """Every sweep, newest first, page by page."""
+        token = ""
+        while True:
+            page: pb.ListSweepsResponse = self._call(
+                self.stub.ListSweeps, pb.ListSweepsRequest(page_size=page_size, page_token=token))
+            yield from page.sweeps
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch_sweep(self, sweep_id: str, timeout_seconds: float | None = None
+                    ) -> Iterator[pb.WatchSweepResponse]:
+        """The counts as they change, then the final sweep (``.sweep``); no timeout unless
+        given."""
+        try:
+            yield from self.stub.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep_id),
+                                            metadata=self.metadata, timeout=timeout_seconds)
+        except grpc.RpcError as error:
+            raise ServiceCallError.from_rpc_error(error) from None
+
+    def wait_sweep(self, sweep_id: str, timeout_seconds: float | None = None) -> pb.Sweep:
+        """The sweep once it is final, with its tables."""
+        for _ in self.watch_sweep(sweep_id, timeout_seconds):
+            pass
+        return self.get_sweep(sweep_id)
+
+    def cancel_sweep(self, sweep_id: str) -> pb.Sweep:
+        response: pb.CancelSweepResponse = self._call(
+            self.stub.CancelSweep, pb.CancelSweepRequest(sweep_id=sweep_id))
+        return response.sweep
