@@ -62,6 +62,7 @@ li.finding-kernel::marker { content: "◆  "; color: #1f6fb5; }
 li.finding-violations::marker, li.finding-failures::marker { content: "▲  "; color: #c0392b; }
 li.finding-memory::marker { content: "■  "; color: #d68910; }
 li.finding-agree::marker { content: "●  "; color: #7b8794; }
+li.finding-clean::marker { content: "✔  "; color: #1e8449; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(500px, 1fr)); gap: 8px 24px; }
 figure.plot { margin: 10px 0 14px; } figure.plot.wide { grid-column: 1 / -1; }
 figure.plot svg { max-width: 100%; height: auto; }

@@ -50,8 +50,8 @@ Row = dict[str, Any]
 
 @dataclass(frozen=True)
 class Finding:
-    """One sentence of the report's findings; ``kind`` is ``kernel``, ``memory``,
-    ``violations``, ``failures`` or ``agree``."""
+    """One sentence of the report's findings; ``kind`` is ``kernel``, ``agree``, ``memory``,
+    ``violations``, ``clean`` (no violation) or ``failures``."""
 
     kind: str
     text: str
@@ -222,8 +222,8 @@ def _violation_findings(data: SweepData) -> list[Finding]:
     runs = [run for rows in completed.values() for run in rows]
     bad = [run for run in runs if is_number(run.get("violations_total")) and run["violations_total"] > 0]
     if not bad:
-        return [Finding("violations", f"No correctness violation in any of the {len(runs)} "
-                                      "completed runs.")]
+        return [Finding("clean", f"No correctness violation in any of the {len(runs)} "
+                                 "completed runs.")]
     points = {int(row["point"]): row for row in data.summary}
     out = []
     for kernel in data.kernels:
@@ -242,7 +242,7 @@ def _violation_findings(data: SweepData) -> list[Finding]:
     clean = [k for k in data.kernels if k not in {run["kernel"] for run in bad}]
     if clean:
         counts = {k: sum(1 for run in runs if run["kernel"] == k) for k in clean}
-        out.append(Finding("violations", "No correctness violation on " + ", ".join(
+        out.append(Finding("clean", "No correctness violation on " + ", ".join(
             f"{k} ({counts[k]} runs)" for k in clean) + "."))
     return out
 
