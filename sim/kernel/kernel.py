@@ -197,7 +197,10 @@ class Kernel:
             return
         old_flushed, new_kept = self.lru.add(cpu, frames)
         self.frames.set(new_kept, PG_lru_batch)
-        self.get_page(new_kept)
+        if new_kept.size < RUNS_MIN_FRAMES:
+            self.frames.refcount[new_kept] += 1  # (never the zero page: it is on no LRU)
+        else:
+            self.get_page(new_kept)
         self._release_batch_refs(old_flushed)
 
     def lru_add_drain(self, cpu: int | None = None) -> None:

@@ -129,6 +129,9 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
     if vma.shared or frames.size == 0:
         return
     pg = k.frames
+    if (mapped and not k.pipes and not k.refs
+            and int(np.maximum.reduce(pg.mapcount[frames])) <= 1):
+        return  # no holder, and no frame mapped by anyone but the writer: no leak
     refcount = pg.refcount[frames]  # the zero page's is 0: never a suspect
     maybe = refcount > 1
     count = np.count_nonzero(maybe)  # (cheaper than .any() on small arrays: the hot path)
@@ -137,8 +140,6 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
     if count < frames.size:
         frames, pages, refcount = frames[maybe], pages[maybe], refcount[maybe]
     mapcount = pg.mapcount[frames]
-    if mapped and not k.pipes and not k.refs and not np.count_nonzero(mapcount > 1):
-        return  # no holder, and no frame mapped by anyone but the writer: no leak
     flags = pg.flags[frames]
     own_map = (vma.pfn[pages] == frames).astype(np.int32)
     extra_refs = refcount - mapcount

@@ -222,10 +222,9 @@ class Server:
         self.faulted = faulted.size > 0
         if self.faulted:
             self.fault_latencies.add(faulted * NS)
-        occurrence_ns = np.zeros(occurrences.size)
-        occurrence_ns[first] = page_ns
         owners = np.flatnonzero(writes) if per == 1 else np.repeat(np.flatnonzero(writes), per)
-        extra = np.bincount(owners, weights=occurrence_ns, minlength=count)  # float64: weighted
+        # Each page's time to the request of its first occurrence (float64: weighted).
+        extra = np.bincount(owners[first], weights=page_ns, minlength=count)
         return extra.astype(np.float64, copy=False)
 
 
