@@ -191,12 +191,13 @@ def main(args: argparse.Namespace, console: Console) -> int:
 # -- on a server ----------------------------------------------------------------------------
 
 def _sweep_text(path: str) -> tuple[str, str, pb.SpecFormat.ValueType]:
-    """The text to send: the file itself when its base is inline, else the sweep as JSON
-    with the base file read and inlined (errors then name the sweep file's fields)."""
+    """The sweep's name and the text to send: the file itself when its base is inline, else
+    the sweep as JSON with the base file read and inlined (errors then name the sweep file's
+    fields)."""
     sweep, base_dir = load_sweep(path)
     text = read_text(path)
     if isinstance(sweep.base, dict):
-        return text, path, pb.SPEC_FORMAT_UNSPECIFIED
+        return sweep.name, text, pb.SPEC_FORMAT_UNSPECIFIED
     base_path = base_dir / sweep.base
     try:
         base = yaml.safe_load(read_text(base_path))
@@ -204,7 +205,7 @@ def _sweep_text(path: str) -> tuple[str, str, pb.SpecFormat.ValueType]:
     except yaml.YAMLError as exc:
         raise InvalidInput(f"cannot parse: {str(exc).splitlines()[0]}", source=str(base_path)) from None
     data["base"] = base
-    return json.dumps(data), path, pb.SPEC_FORMAT_JSON
+    return sweep.name, json.dumps(data), pb.SPEC_FORMAT_JSON
 
 
 def _check_out(out: Path, name: str) -> None:
@@ -250,13 +251,14 @@ def _remote(args: argparse.Namespace, console: Console) -> int:
         raise InvalidInput("--executor, --workers and --dry-run are for local sweeps; the "
                            "server runs on its own executor", source="--server")
     connection = service_cli.connection_from_args(args)
-    text, source, fmt = _sweep_text(args.sweep)
+    name, text, fmt = _sweep_text(args.sweep)
+    source = args.sweep if len(args.sweep) <= 256 else Path(args.sweep).name[-256:]
     if args.out is not None:
-        _check_out(args.out, load_sweep(args.sweep)[0].name)
+        _check_out(args.out, name)
     sweep_id = ""
     try:
         with connection.client() as client:
-            response = client.submit_sweep(text, source_name=source[-256:], sweep_format=fmt,
+            response = client.submit_sweep(text, source_name=source, sweep_format=fmt,
                                            request_id=args.request_id or "")
             sweep = response.sweep
             sweep_id = sweep.sweep_id

@@ -13,7 +13,12 @@ grpc.aio.  The modules, from the leaves up:
 * :mod:`~cowsim.service.store` — runs and results in SQLite;
 * :mod:`~cowsim.service.worker`, :mod:`~cowsim.service.pool` — simulations in
   spawned worker processes under a memory limit;
+* :mod:`~cowsim.service.dask_pool` — the same jobs on a Dask cluster
+  (``cowsim serve --executor dask://…``);
 * :mod:`~cowsim.service.runs` — the run manager: submit, queue, run, cancel, watch;
+* :mod:`~cowsim.service.sweeps`, :mod:`~cowsim.service.sweep_table`,
+  :mod:`~cowsim.service.executors` — sweeps run into a directory (``cowsim sweep``);
+* :mod:`~cowsim.service.sweep_service` — sweeps on the server, over the run manager;
 * :mod:`~cowsim.service.convert`, :mod:`~cowsim.service.api` — the servicer;
 * :mod:`~cowsim.service.auth`, :mod:`~cowsim.service.interceptors` — bearer
   tokens and per-RPC observation;
