@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 __all__ = ["METRICS", "csv_text", "summarize", "t_quantile_975", "write_atomic", "write_table"]
 
@@ -172,6 +170,9 @@ def csv_text(rows: Sequence[Row], columns: Sequence[str]) -> str:
 
 def write_table(rows: Sequence[Row], columns: Sequence[str], stem: Path) -> None:
     """``stem``.parquet and ``stem``.csv with ``columns`` in order (None is null / empty)."""
+    import pyarrow as pa  # only what writes tables pays for pyarrow (pyproject.toml, TID253)
+    import pyarrow.parquet as pq
+
     arrays = {column: pa.array([row.get(column) for row in rows]) for column in columns}
     sink = io.BytesIO()
     pq.write_table(pa.table(arrays), sink)
