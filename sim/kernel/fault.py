@@ -204,7 +204,8 @@ def _wp_faults_at_once(vmf: VmFault, pages: PageIndex, pte: PteArray, flags: Fla
     if int(np.bitwise_or.reduce(page_flags)) & _LRU_BATCH_BIT:
         return False
     k.counters.fault("wp", pages.size)
-    flags[:], copied = do_wp_page(vmf, pages, frames=frames, page_flags=page_flags, pte=pte)
+    flags[:], copied = do_wp_page(vmf, pages, frames=frames, page_flags=page_flags, pte=pte,
+                                  zero_free=True)
     k.lru_cache_add(copied, vmf.cpu)  # the copies, in page order
     return True
 
@@ -351,14 +352,20 @@ _NO_FRAMES: FrameArray = np.zeros(0, dtype=np.int32)
 _NO_FRAMES.flags.writeable = False
 
 
+_NO_ZERO_PAGE: npt.NDArray[np.bool_] = np.zeros(0, dtype=bool)
+"""Stands for "which frames are the zero page" when the caller knows: none (never indexed)."""
+
+
 def do_wp_page(vmf: VmFault, pages: PageIndex, *, frames: FrameArray | None = None,
                page_flags: npt.NDArray[np.uint8] | None = None,
-               pte: PteArray | None = None) -> tuple[FlagArray, FrameArray]:
+               pte: PteArray | None = None, zero_free: bool = False
+               ) -> tuple[FlagArray, FrameArray]:
     """do_wp_page(): write-protect (or, with ``vmf.unshare``, unshare) fault on present
     read-only PTEs.  Returns each page's flags (WP_REUSE, COW_COPY, ZERO_PAGE; an unshare
     that keeps the page: none) and the new frames of the copied pages, in page order,
     which the caller queues on the LRU-add batch.  ``frames``, ``page_flags``, ``pte``:
-    the pages' frames, their flags and PTEs, when the caller has read them already."""
+    the pages' frames, their flags and PTEs, when the caller has read them already;
+    ``zero_free``: the caller knows none of the frames is the zero page."""
     k, vma, unshare = vmf.k, vmf.vma, vmf.unshare
     empty = _NO_FRAMES
     if vma.shared:
@@ -368,8 +375,8 @@ def do_wp_page(vmf: VmFault, pages: PageIndex, *, frames: FrameArray | None = No
         return np.full(pages.size, _REUSE, dtype=np.uint8), empty
     if frames is None:
         frames = vma.pfn[pages]
-    zero = frames == ZERO_PFN
-    zeros = np.count_nonzero(zero)
+    zero = _NO_ZERO_PAGE if zero_free else frames == ZERO_PFN
+    zeros = 0 if zero is _NO_ZERO_PAGE else np.count_nonzero(zero)
     if not zeros:  # the common case: no zero page among them
         reuse = wp_can_reuse_anon_folio(k, frames, vmf.cpu, page_flags)
         flags = np.where(reuse, np.uint8(0) if unshare else _REUSE, _COPY).astype(np.uint8,
@@ -394,9 +401,10 @@ def do_wp_page(vmf: VmFault, pages: PageIndex, *, frames: FrameArray | None = No
     if nr_reused == pages.size:
         return flags, empty
     if not nr_reused:
-        return flags, wp_page_copy(vmf, pages, frames, pte)
+        return flags, wp_page_copy(vmf, pages, frames, pte, zero_free=not zeros)
     copy = ~reuse
-    return flags, wp_page_copy(vmf, pages[copy], frames[copy], None if pte is None else pte[copy])
+    return flags, wp_page_copy(vmf, pages[copy], frames[copy], None if pte is None else pte[copy],
+                               zero_free=not zeros)
 
 
 def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int,
@@ -455,17 +463,18 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int,
 
 
 def wp_page_copy(vmf: VmFault, pages: PageIndex, old_frames: FrameArray | None = None,
-                 old_pte: PteArray | None = None) -> FrameArray:
+                 old_pte: PteArray | None = None, *, zero_free: bool = False) -> FrameArray:
     """wp_page_copy(): allocate, copy (or zero-fill, for the zero page), flush the old PTE,
     map the copy (read-only for an unshare).  ``old_frames``, ``old_pte``: the pages'
-    frames and PTEs, when the caller has read them already."""
+    frames and PTEs, when the caller has read them already; ``zero_free``: none of the old
+    frames is the zero page."""
     k, vma, unshare = vmf.k, vmf.vma, vmf.unshare
     if old_frames is None:
         old_frames = vma.pfn[pages]
     if old_pte is None:
         old_pte = vma.pte[pages]
-    zero = old_frames == ZERO_PFN
-    zeros = int(np.count_nonzero(zero))
+    zero = _NO_ZERO_PAGE if zero_free else old_frames == ZERO_PFN
+    zeros = 0 if zero is _NO_ZERO_PAGE else int(np.count_nonzero(zero))
     shared_old = old_frames[~zero] if zeros else old_frames
     k.counters.add("cow_copies", pages.size)
     if unshare:
