@@ -34,9 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from cowsim.service.sweeps import sweep_runs
 from cowsim.sim import (
     InvalidInput,
@@ -194,6 +191,9 @@ def _invalid(directory: Path, message: str) -> InvalidInput:
 
 
 def _read_table(directory: Path, name: str) -> list[Row]:
+    import pyarrow as pa  # only here: the CLI's other commands do not load it (TID253)
+    import pyarrow.parquet as pq
+
     path = directory / f"{name}.parquet"
     if not path.is_file():
         raise _invalid(directory, f"no {path.name}: the sweep has not finished (run `cowsim "
