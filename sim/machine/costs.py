@@ -43,18 +43,36 @@ applies overrides (``cost_model("zen4", ipi_base_ns=2000)``).
   IPIs keep the bare-metal defaults.
 * ``small-vm``: the doc's local 2-vCPU KVM guest itself, with its measured
   fault costs (nested paging) and virtual IPIs (≈10 µs per shootdown).
+
+A profile may also be a **file**: a name ending in ``.yaml`` or ``.yml`` is a path (relative
+to the working directory), read by :func:`load_profile_file`.  ``cowsim calibrate`` writes
+one (docs/calibration.md)::
+
+    base: small-vm          # the named profile every field not given comes from
+    costs:                  # CostModel fields, validated like overrides
+      fork_per_pte_ns: 118.5
+    host: {...}             # ignored by the loader: what the file was measured on
+    measured: {...}         # ignored by the loader: the spread of each measurement
+
+Any other top-level key is refused, as is a file over :data:`MAX_PROFILE_FILE_BYTES`.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
+import stat
+from pathlib import Path
 from typing import Annotated, Any, overload
 
 import numpy as np
 import numpy.typing as npt
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["DEFAULT_PROFILE", "PAGE_SIZE", "PMD_SIZE", "PROFILES", "CostModel", "cost_model"]
+__all__ = ["DEFAULT_PROFILE", "MAX_PROFILE_FILE_BYTES", "PAGE_SIZE", "PMD_SIZE", "PROFILES",
+           "PROFILE_FILE_SUFFIXES", "CostModel", "cost_model", "is_profile_file",
+           "load_profile_file"]
 
 PAGE_SIZE = 4096
 """Bytes in a base page (x86-64 4 KiB)."""
@@ -547,31 +565,107 @@ PROFILES: dict[str, CostModel] = {
 """Named machines; see the module docstring and each field's description."""
 
 
-def cost_model(profile: str = DEFAULT_PROFILE, **overrides: Any) -> CostModel:
-    """The named profile, with ``overrides`` of individual fields (validated).
+PROFILE_FILE_SUFFIXES = (".yaml", ".yml")
+"""A profile whose name ends in one of these is a path to a profile file."""
+MAX_PROFILE_FILE_BYTES = 256 << 10
+"""The largest profile file read (a calibrated profile is about 4 KiB)."""
+_PROFILE_FILE_KEYS = frozenset({"base", "costs", "host", "measured"})
+_IGNORED_PROFILE_KEYS = ("host", "measured")
 
-    Raises :class:`ValueError` naming an unknown profile, an unknown field (with the
-    closest field name) or a field whose value is invalid.
-    """
-    try:
-        base = PROFILES[profile]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown machine profile {profile!r}; known profiles: {', '.join(PROFILES)}"
-        ) from None
-    if not overrides:
-        return base
+
+def is_profile_file(profile: str) -> bool:
+    """Whether ``profile`` names a file (``host.yaml``) rather than a named profile."""
+    return isinstance(profile, str) and profile.endswith(PROFILE_FILE_SUFFIXES)
+
+
+def _with_overrides(base: CostModel, overrides: dict[str, Any], what: str) -> CostModel:
+    """``base`` with ``overrides`` validated; errors name ``what`` (``cost field``)."""
     fields = list(CostModel.model_fields)
     for name in overrides:
-        if name not in CostModel.model_fields:
-            close = difflib.get_close_matches(name, fields, n=1)
+        if not isinstance(name, str) or name not in CostModel.model_fields:
+            close = difflib.get_close_matches(str(name), fields, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "see CostModel for the field names"
-            raise ValueError(f"unknown cost field {name!r}; {hint}")
+            raise ValueError(f"unknown {what} {name!r}; {hint}")
     try:
         return CostModel.model_validate({**base.model_dump(), **overrides})
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         field = ".".join(str(part) for part in error["loc"])
-        raise ValueError(
-            f"cost field {field!r}: {error['msg']} (got {error.get('input')!r})"
-        ) from None
+        raise ValueError(f"{what} {field!r}: {error['msg']} (got {error.get('input')!r})") from None
+
+
+def _read_profile_text(path: str) -> str:
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ValueError(f"machine profile file {path!r}: not a regular file")
+            raw = handle.read(MAX_PROFILE_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"machine profile file {path!r}: cannot read: "
+                         f"{exc.strerror or exc}") from None
+    if len(raw) > MAX_PROFILE_FILE_BYTES:
+        raise ValueError(f"machine profile file {path!r}: larger than "
+                         f"{MAX_PROFILE_FILE_BYTES >> 10} KiB")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"machine profile file {path!r}: not UTF-8 text") from None
+
+
+def load_profile_file(path: str | Path) -> CostModel:
+    """The cost model a profile file describes (see the module docstring for its format).
+
+    Only ``base`` and ``costs`` are read: ``host`` and ``measured`` are documentation and
+    are not even walked (so no alias in them can expand).  Raises :class:`ValueError`, one
+    line naming the file and the field.
+    """
+    name = str(path)
+    text = _read_profile_text(name)
+    try:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(f"machine profile file {name!r}: not valid YAML: {detail}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"machine profile file {name!r}: a mapping with 'base' and 'costs' "
+                         f"is expected, not {type(data).__name__}")
+    unknown = sorted(str(key) for key in data if key not in _PROFILE_FILE_KEYS)
+    if unknown:
+        raise ValueError(f"machine profile file {name!r}: unknown key {unknown[0]!r}; "
+                         f"expected {', '.join(sorted(_PROFILE_FILE_KEYS))}")
+    base_name = data.get("base", DEFAULT_PROFILE)
+    if not isinstance(base_name, str) or base_name not in PROFILES:
+        raise ValueError(f"machine profile file {name!r}: field 'base': unknown profile "
+                         f"{base_name!r}; known profiles: {', '.join(PROFILES)}")
+    costs = data.get("costs", {})
+    if costs is None:
+        costs = {}
+    if not isinstance(costs, dict):
+        raise ValueError(f"machine profile file {name!r}: field 'costs': a mapping of cost "
+                         f"fields is expected, not {type(costs).__name__}")
+    try:
+        return _with_overrides(PROFILES[base_name], costs, "cost field")
+    except ValueError as exc:
+        raise ValueError(f"machine profile file {name!r}: {exc}") from None
+
+
+def cost_model(profile: str = DEFAULT_PROFILE, **overrides: Any) -> CostModel:
+    """The named profile (or profile file, :func:`is_profile_file`), with ``overrides`` of
+    individual fields (validated).
+
+    Raises :class:`ValueError` naming an unknown profile, an unreadable or invalid profile
+    file, an unknown field (with the closest field name) or a field whose value is invalid.
+    """
+    if is_profile_file(profile):
+        base = load_profile_file(profile)
+    else:
+        try:
+            base = PROFILES[profile]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown machine profile {profile!r}; known profiles: {', '.join(PROFILES)}, "
+                f"or a profile file ending in {' or '.join(PROFILE_FILE_SUFFIXES)}"
+            ) from None
+    if not overrides:
+        return base
+    return _with_overrides(base, overrides, "cost field")
