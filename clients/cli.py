@@ -8,7 +8,8 @@ run``, ``compare`` and ``schema`` are the workload commands (workload_cli);
 ``submit``, ``status``, ``watch``, ``cancel``, ``list`` and ``result`` talk to a
 ``cowsim serve`` (service_cli: exit 3 when it cannot be reached); ``cowsim sweep``
 runs a what-if sweep into a directory of tables (sweep_cli) and ``cowsim report
-DIR`` renders one as an HTML page (report_cli); ``cowsim --version`` prints the
+DIR`` renders one as an HTML page (report_cli); ``cowsim calibrate`` times this host's
+kernel and fits a machine profile to it (calibrate_cli); ``cowsim --version`` prints the
 installed version.
 
 Whatever the input, the command ends in one of four ways, never a traceback:
@@ -33,7 +34,15 @@ from importlib import metadata
 
 from rich.console import Console
 
-from cowsim.clients import export_cli, render, report_cli, service_cli, sweep_cli, workload_cli
+from cowsim.clients import (
+    calibrate_cli,
+    export_cli,
+    render,
+    report_cli,
+    service_cli,
+    sweep_cli,
+    workload_cli,
+)
 from cowsim.clients.output import say
 from cowsim.service import cli as serve_cli
 from cowsim.sim import (
@@ -93,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_cli.add_commands(commands)
     sweep_cli.add_command(commands)
     report_cli.add_command(commands)
+    calibrate_cli.add_command(commands)
     return parser
 
 
@@ -194,6 +204,8 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return sweep_cli.main(args, console)
     if args.command == "report":
         return report_cli.main(args)
+    if args.command == "calibrate":
+        return calibrate_cli.main(args, console)
     return _scenario_run(args, console)
 
 
