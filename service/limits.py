@@ -63,8 +63,10 @@ def _exhausted(limit: str, message: str) -> ServiceError:
 
 def budget(limits: Limits) -> Budget:
     """The library budget a run is planned against: the environment's, with the model
-    memory bounded by what a worker may use."""
-    return Budget.from_env().tightened(Budget(max_memory_bytes=limits.worker_memory_bytes))
+    memory bounded by what a worker may use, and no profile files (a spec from the network
+    must not make the server read its disk)."""
+    return Budget.from_env().tightened(Budget(max_memory_bytes=limits.worker_memory_bytes,
+                                              profile_files=False))
 
 
 def check_plan(plan: RunPlan, limits: Limits) -> None:

@@ -49,6 +49,7 @@ import os
 import resource
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from cowsim.sim.errors import BudgetExceeded, InvalidInput, PathPart
 from cowsim.sim.units import format_bytes, parse_bytes, parse_count
@@ -248,6 +249,10 @@ class Budget:
     max_events: int = 100_000_000
     max_page_touches: int = 20_000_000_000
     max_batch_elements: int = 1 << 24
+    profile_files: bool = True
+    """Whether a spec's ``machine.profile`` may name a file (``host.yaml``, from ``cowsim
+    calibrate``).  A server sets False: a spec from the network must not make it read its
+    own disk.  (The stricter of two budgets is the one without: ``min(True, False)``.)"""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, base: Budget | None = None) -> Budget:
@@ -255,7 +260,7 @@ class Budget:
         A malformed value is an :class:`InvalidInput` naming the variable."""
         env = os.environ if environ is None else environ
         budget = base if base is not None else cls()
-        changes: dict[str, int] = {}
+        changes: dict[str, Any] = {}  # int limits by name
         for name, variable in ENVIRONMENT.items():
             text = env.get(variable)
             if text is None or not text.strip():

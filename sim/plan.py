@@ -38,7 +38,7 @@ from cowsim.sim.budget import Budget, Estimate
 from cowsim.sim.errors import InvalidInput, KernelVersionError
 from cowsim.sim.estimate import estimate_spec
 from cowsim.sim.kernel.generations import Generation, generation_for
-from cowsim.sim.machine.costs import CostModel, cost_model
+from cowsim.sim.machine.costs import CostModel, cost_model, is_profile_file
 from cowsim.sim.spec import MAX_SEED, SpecError, WorkloadSpec, check_spec
 from cowsim.sim.units import format_bytes
 
@@ -107,6 +107,11 @@ def plan_run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None 
     """Check ``spec`` (with the caller's ``kernel`` and ``seed`` overrides) against this
     machine and ``budget`` (default: :meth:`Budget.from_env`); see the module docstring."""
     check_spec(spec, source)
+    limits = budget if budget is not None else Budget.from_env()
+    if not limits.profile_files and is_profile_file(spec.machine.profile):
+        raise SpecError("a profile file is not read here (a server reads no files for a "
+                        "spec): name a built-in profile and override its costs in "
+                        "machine.costs", path=("machine", "profile"), source=source)
     if kernel is not None:
         try:
             generation = generation_for(kernel)
@@ -124,7 +129,6 @@ def plan_run(spec: WorkloadSpec, *, kernel: str | None = None, seed: int | None 
         raise SpecError(f"resident memory {format_bytes(resident)} exceeds the machine's "
                         f"{format_bytes(costs.memory_bytes)} (machine.costs.memory_bytes)",
                         path=("processes",), source=source)
-    limits = budget if budget is not None else Budget.from_env()
     estimate = estimate_spec(spec, costs, generation)
     limits.check(estimate, source=source)
     return RunPlan(spec=spec, generation=generation, seed=resolved_seed, costs=costs,

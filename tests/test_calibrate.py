@@ -27,7 +27,7 @@ from cowsim.clients.calibrate_fit import (
 from cowsim.clients.cli import main
 from cowsim.clients.host_facts import kernel_generation, read_host_facts
 from cowsim.clients.host_probes import ProbePlan, run_probes
-from cowsim.sim import parse_spec, plan_run, run
+from cowsim.sim import Budget, InvalidInput, parse_spec, plan_run, run
 from cowsim.sim.machine.costs import PROFILES, cost_model, load_profile_file
 
 TRUE = {"fork_fixed_ns": 60_000.0, "fork_per_pte_ns": 120.0, "fork_per_pmd_ns": 1_100.0,
@@ -209,6 +209,18 @@ def test_a_profile_file_is_a_machine_profile(tmp_path: Path, monkeypatch: pytest
                                   "processes": [{"name": "p", "memory": "64MiB"}]}), "s.json")
     assert plan_run(spec).costs == model
     assert run(spec)["status"] == "completed"
+
+
+def test_a_budget_without_profile_files_refuses_one(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server plans with ``Budget(profile_files=False)``: a spec naming a file is refused
+    before anything is read (the file need not even exist), naming machine.profile."""
+    monkeypatch.chdir(tmp_path)
+    spec = parse_spec(json.dumps({"duration": "1s", "machine": {"profile": "/etc/host.yaml"},
+                                  "processes": [{"name": "p", "memory": "4MiB"}]}), "s.json")
+    with pytest.raises(InvalidInput, match=r"field 'machine.profile': a profile file is not read"):
+        plan_run(spec, budget=Budget(profile_files=False))
+    assert Budget().tightened(Budget(profile_files=False)).profile_files is False
 
 
 @pytest.mark.parametrize(("content", "message"), [

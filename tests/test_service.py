@@ -161,6 +161,8 @@ def test_a_retried_submission_with_the_same_request_id_runs_once(client: Client)
     (spec_text(), {"seed": -1}, "seed"),
     ("{not yaml: [", {}, "spec"),
     (spec_text(), {"request_id": "bad id!"}, "request_id"),
+    (spec_text().replace("processes:", "machine: {profile: /etc/cowsim-host.yaml}\nprocesses:"),
+     {}, "machine.profile"),  # a server reads no file a spec names
     (spec_text(), {"pace": 0.0}, "pace"),
     (spec_text(), {"pace": float("nan")}, "pace"),
 ])
