@@ -168,13 +168,19 @@ class Kernel:
             self.frames.refcount[frames] = remaining
             if mapping:
                 self.frames.mapcount[frames] -= 1
+            dead = frames[remaining == 0]
         else:
             batch = FrameSet(frames)
             batch.add(self.frames.refcount, -amount)
             if mapping:
                 batch.add(self.frames.mapcount, -1)
-            remaining = batch.gather(self.frames.refcount)
-        dead = frames[remaining == 0]
+            span = batch.span
+            if span is not None:  # exactly the frames start..stop-1 (an exit, a munmap)
+                start, stop = span
+                zero_refs = np.flatnonzero(self.frames.refcount[start:stop] == 0)
+                dead = (zero_refs + start).astype(np.int32)  # (ascending: the order is free)
+            else:
+                dead = frames[batch.gather(self.frames.refcount) == 0]
         if dead.size and self.reported.tracks_frames:
             self.reported.forget_frames(dead)
         if dead.size:

@@ -66,8 +66,9 @@ def zap_pte_range(k: Kernel, owner: Process, vma: VMA, pages: PageIndex | None, 
     swapped = pte >= Pte.SWAP.u16
     if np.count_nonzero(swapped):
         frames, slots = pfn[(pfn >= 0) & ~swapped], pfn[swapped]
-    else:
-        frames, slots = pfn[pfn >= 0], pfn[:0]
+    else:  # (every PTE populated, as after an exit's whole-VMA view: no compress needed)
+        frames = pfn if pfn.size and int(np.minimum.reduce(pfn)) >= 0 else pfn[pfn >= 0]
+        slots = pfn[:0]
     any_present = frames.size > 0
     if any_present and flush:
         k.flush_tlb(owner.mm, "range", pages=int(frames.size), cpu=cpu)
