@@ -52,8 +52,13 @@ def zipf_pages(keys: KeySpec, npages: int, uniforms: npt.NDArray[np.float64]
     s = keys.zipf_s
     if abs(s - 1.0) < 1e-9:
         ranks = np.exp(uniforms * math.log(npages))
-    else:
-        ranks = ((npages ** (1.0 - s) - 1.0) * uniforms + 1.0) ** (1.0 / (1.0 - s))
-    rank = np.minimum(np.floor(ranks).astype(np.int64), npages) - 1
-    pages: npt.NDArray[np.int64] = (rank * _coprime_multiplier(npages)) % npages
-    return pages
+    else:  # ((N^(1-s) - 1) u + 1)^(1/(1-s)), in place (a tick's arrays are small)
+        ranks = uniforms * (npages ** (1.0 - s) - 1.0)
+        ranks += 1.0
+        np.power(ranks, 1.0 / (1.0 - s), out=ranks)
+    # ranks >= 1, so truncation is the floor
+    rank = np.minimum(ranks.astype(np.int64), npages)
+    rank -= 1
+    rank *= _coprime_multiplier(npages)
+    rank %= npages
+    return rank
