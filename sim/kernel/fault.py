@@ -118,7 +118,7 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
     """
     if pages.size == 0:
         return
-    pfn = vma.pfn[pages]
+    pfn = vma.pfn if pages.size == vma.npages else vma.pfn[pages]  # (read before any yield)
     if pfn.max() < 0:  # every PTE empty (a first touch): no frame to be in a batch
         yield pages
         return
@@ -226,7 +226,10 @@ def handle_pte_fault(vmf: VmFault, pages: PageIndex, flags: FlagArray) -> None:
     was done into ``flags`` (aligned with ``pages``).  A write leaves every PTE writable."""
     k, vma, write = vmf.k, vmf.vma, vmf.write
     new_frames: list[tuple[PageIndex, FrameArray]] = []
-    pfn, pte = vma.pfn[pages], vma.pte[pages]
+    # The whole VMA (ascending, unique) is read in place: everything derived from pfn and
+    # pte below is computed before a handler changes the page table.
+    whole = pages.size == vma.npages
+    pfn, pte = (vma.pfn, vma.pte) if whole else (vma.pfn[pages], vma.pte[pages])
     if write and not int(np.bitwise_or.reduce(pte)) & _SWAP_OR_UFFD_WP and int(pfn.min()) >= 0:
         # The common write fault: every PTE present, none a swap entry or uffd-protected,
         # so only write-protect faults remain (the same steps as below, read once).
@@ -320,8 +323,9 @@ def do_anonymous_page(vmf: VmFault, pages: PageIndex) -> FrameArray:
         return np.zeros(0, dtype=np.int32)
     flags = PG_anon | (PG_anon_exclusive if k.gen.anon_exclusive else np.uint8(0))
     frames = k.alloc_pages(int(pages.size), np.uint8(flags), mapped=True)
-    vma.pfn[pages] = frames
-    vma.pte[pages] = PTE_WRITTEN
+    every = slice(None) if pages.size == vma.npages else pages  # (ascending and unique)
+    vma.pfn[every] = frames
+    vma.pte[every] = PTE_WRITTEN
     return frames
 
 
@@ -515,4 +519,7 @@ def unshare(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, cpu: int) -> 
 
 def mark_written(vma: VMA, pages: PageIndex) -> None:
     """A store through writable PTEs: the hardware sets the dirty bit (not soft-dirty)."""
-    vma.pte[pages] |= _DIRTY
+    if pages.size == vma.npages:  # (ascending and unique: every page)
+        vma.pte |= _DIRTY
+    else:
+        vma.pte[pages] |= _DIRTY

@@ -290,7 +290,7 @@ class Kernel:
                 "region", f"{proc_name!r} writes region {region!r} mapped PROT_{vma.prot.name}: SIGSEGV"
             )
         report = fault.fault_in_writable(self, owner, vma, index, cpu=cpu, store=True)
-        frames = vma.pfn[index]
+        frames = vma.pfn if index.size == vma.npages else vma.pfn[index]  # (read, not kept)
         oracles.check_store(self, owner, frames, index, vma, writer_label=proc_name, mapped=True)
         self.frames.content[frames] = value
         return report
