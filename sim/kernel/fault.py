@@ -118,7 +118,7 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
     """
     if pages.size == 0:
         return
-    pfn = vma.pfn if pages.size == vma.npages else vma.pfn[pages]  # (read before any yield)
+    pfn = vma.pfn[pages]  # (a copy: decision_frames may write into it)
     if pfn.max() < 0:  # every PTE empty (a first touch): no frame to be in a batch
         yield pages
         return
