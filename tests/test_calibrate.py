@@ -332,8 +332,13 @@ def test_ctrl_c_during_the_probes_exits_130_and_leaves_no_child(tmp_path: Path) 
          "calibrate", "--quick", "--out", str(tmp_path / "host.yaml")],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        time.sleep(2.5)  # imports take about a second; the probes run for several more
-        assert process.poll() is None, "calibrate ended before it could be interrupted"
+        # Interrupt while a probe has a child: the fork probes start them (a fixed sleep raced
+        # with a fast machine finishing the quick probes and writing the profile first).
+        deadline = time.monotonic() + 60
+        while not [pid for pid in _group_members(process.pid) if pid != process.pid]:
+            assert process.poll() is None, "calibrate ended before a probe started a child"
+            assert time.monotonic() < deadline, "no probe child within 60 s"
+            time.sleep(0.01)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
     finally:
