@@ -119,17 +119,23 @@ def _before_seq(token: str, filters: dict[str, Any]) -> int | None:
     return before
 
 
+async def _abort(context: aio.ServicerContext[Any, Any], error: Exception, rpc: str) -> None:
+    """End the call with the status ``error`` stands for: a ServiceError's own, else (a bug)
+    INTERNAL, logged.  (``context.abort`` raises; an AbortError is the caller's to re-raise.)"""
+    if isinstance(error, ServiceError):
+        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
+    log.exception("%s failed", rpc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+
+
 async def _answer(context: aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
     """``await call()``; a ServiceError or a bug becomes the call's status."""
     try:
         return await call()
-    except ServiceError as error:
-        await context.abort(error.code, error.message, trailing_metadata=error.trailing_metadata())
     except aio.AbortError:
         raise
     except Exception as error:
-        log.exception("RPC failed")
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+        await _abort(context, error, "RPC")
     raise AssertionError("abort returned")  # pragma: no cover
 
 
@@ -204,14 +210,10 @@ class CowsimServicer(cowsim_pb2_grpc.CowsimServiceServicer):
                     yield pb.WatchRunResponse(run=run_message(item, full=True))
                 else:
                     yield pb.WatchRunResponse(progress=progress_message(item))
-        except ServiceError as error:
-            await context.abort(error.code, error.message,
-                                trailing_metadata=error.trailing_metadata())
         except aio.AbortError:
             raise
         except Exception as error:
-            log.exception("WatchRun failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+            await _abort(context, error, "WatchRun")
 
     async def CancelRun(self, request: pb.CancelRunRequest,
                         context: aio.ServicerContext[Any, Any]) -> pb.CancelRunResponse:
@@ -314,14 +316,10 @@ class CowsimServicer(cowsim_pb2_grpc.CowsimServiceServicer):
                     yield pb.WatchSweepResponse(sweep=self._sweep(item, False))
                 else:
                     yield pb.WatchSweepResponse(progress=sweep_progress_message(sweep_id, item))
-        except ServiceError as error:
-            await context.abort(error.code, error.message,
-                                trailing_metadata=error.trailing_metadata())
         except aio.AbortError:
             raise
         except Exception as error:
-            log.exception("WatchSweep failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+            await _abort(context, error, "WatchSweep")
 
     async def CancelSweep(self, request: pb.CancelSweepRequest,
                           context: aio.ServicerContext[Any, Any]) -> pb.CancelSweepResponse:
