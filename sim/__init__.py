@@ -67,7 +67,17 @@ from cowsim.sim.kernel.generations import (
 )
 from cowsim.sim.live import BOUNDS_SECONDS, HistogramDelta
 from cowsim.sim.plan import MAX_PACE, MIN_PACE, RunPlan, check_pace, check_seed, plan_run
-from cowsim.sim.scenario import Scenario, ScenarioResult, load_scenario, parse_scenario, run_scenario
+from cowsim.sim.scenario import (
+    PAGE_OUTCOMES,
+    PageState,
+    Scenario,
+    ScenarioResult,
+    load_scenario,
+    page_outcome,
+    parse_scenario,
+    run_scenario,
+    trace_scenario,
+)
 from cowsim.sim.scenario.runner import SUMMARY_COUNTERS
 from cowsim.sim.spec import WorkloadSpec, json_schema, load_spec, parse_spec
 from cowsim.sim.sweep import (
@@ -98,6 +108,7 @@ __all__ = [
     "MAX_SWEEP_RUNS",
     "MIN_PACE",
     "NEWEST_KNOWN_VERSION",
+    "PAGE_OUTCOMES",
     "SUMMARY_COUNTERS",
     "VIOLATION_KINDS",
     "WHAT_IFS",
@@ -115,6 +126,7 @@ __all__ = [
     "Kernel",
     "KernelOpError",
     "KernelVersionError",
+    "PageState",
     "ProgressEvent",
     "Prot",
     "Pte",
@@ -144,6 +156,7 @@ __all__ = [
     "load_scenario",
     "load_spec",
     "load_sweep",
+    "page_outcome",
     "parse_bytes",
     "parse_scenario",
     "parse_spec",
@@ -156,4 +169,5 @@ __all__ = [
     "run_scenario",
     "simulate",
     "sweep_json_schema",
+    "trace_scenario",
 ]

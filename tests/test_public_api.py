@@ -34,6 +34,8 @@ PUBLIC = [
     # sweeps (cowsim.sim.sweep)
     "MAX_SWEEP_RUNS", "SweepError", "SweepPlan", "SweepPoint", "SweepSpec", "load_sweep",
     "parse_sweep", "plan_sweep", "sweep_json_schema",
+    # validate-host's predictions (cowsim.sim.scenario.trace)
+    "PAGE_OUTCOMES", "PageState", "page_outcome", "trace_scenario",
 ]
 
 

@@ -16,7 +16,7 @@ before the first step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -211,14 +211,30 @@ class _Run:
                                f"{step.proc} {step.region} {_pages_label(step.selected())}")
 
 
+class StepObserver(Protocol):
+    """Sees the kernel model just before and just after each step (the kernel is the
+    observer's to query, not to change): how :func:`~cowsim.sim.scenario.trace.trace_scenario`
+    records what a real kernel would show."""
+
+    def before(self, index: int, step: s.Step, kernel: Kernel) -> None: ...
+
+    def after(self, index: int, step: s.Step, kernel: Kernel) -> None: ...
+
+
 def run_scenario(scenario: s.Scenario, generation: Generation, file: str = "<scenario>", *,
-                 budget: Budget | None = None) -> ScenarioResult:
+                 budget: Budget | None = None,
+                 observer: StepObserver | None = None) -> ScenarioResult:
     """Run every step on a fresh kernel of ``generation`` (refused up front, with
-    BudgetExceeded, if it does not fit ``budget``; default :meth:`Budget.from_env`)."""
+    BudgetExceeded, if it does not fit ``budget``; default :meth:`Budget.from_env`),
+    showing the kernel to ``observer`` around each step."""
     run = _Run(scenario, file, generation, check_capacity(scenario, file, budget))
     for index, step in enumerate(scenario.steps):
         try:
+            if observer is not None:
+                observer.before(index, step, run.kernel)
             run.step(index, step)
+            if observer is not None:
+                observer.after(index, step, run.kernel)
         except BudgetExceeded as exc:  # CapacityError: cannot happen within the bound
             raise BudgetExceeded(exc.message, path=("steps", index, "pages"), source=file,
                                  op=step.op) from None
