@@ -9,8 +9,9 @@ run``, ``compare`` and ``schema`` are the workload commands (workload_cli);
 ``cowsim serve`` (service_cli: exit 3 when it cannot be reached); ``cowsim sweep``
 runs a what-if sweep into a directory of tables (sweep_cli) and ``cowsim report
 DIR`` renders one as an HTML page (report_cli); ``cowsim calibrate`` times this host's
-kernel and fits a machine profile to it (calibrate_cli); ``cowsim --version`` prints the
-installed version.
+kernel and fits a machine profile to it (calibrate_cli) and ``cowsim validate-host`` runs
+scenarios for real on it and compares every step with the model (validate_host_cli);
+``cowsim --version`` prints the installed version.
 
 Whatever the input, the command ends in one of four ways, never a traceback:
 
@@ -41,6 +42,7 @@ from cowsim.clients import (
     report_cli,
     service_cli,
     sweep_cli,
+    validate_host_cli,
     workload_cli,
 )
 from cowsim.clients.output import say
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_command(commands)
     report_cli.add_command(commands)
     calibrate_cli.add_command(commands)
+    validate_host_cli.add_command(commands)
     return parser
 
 
@@ -206,6 +209,8 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         return report_cli.main(args)
     if args.command == "calibrate":
         return calibrate_cli.main(args, console)
+    if args.command == "validate-host":
+        return validate_host_cli.main(args, console)
     return _scenario_run(args, console)
 
 
