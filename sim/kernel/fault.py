@@ -55,6 +55,7 @@ from cowsim.sim.kernel.mm import (
     VM_SOFTDIRTY,
     VMA,
     WP_CAUSE_MASK,
+    WP_CAUSE_SHIFT,
     Pte,
     PteArray,
     WpCause,
@@ -62,6 +63,7 @@ from cowsim.sim.kernel.mm import (
     with_cause,
 )
 from cowsim.sim.kernel.pages import (
+    RUNS_MIN_FRAMES,
     ZERO_PFN,
     FrameArray,
     PageIndex,
@@ -86,6 +88,10 @@ _CAUSE_NAMES = {
     WpCause.UNSHARE: "unshare",
 }
 _CAUSE_COUNTERS = tuple((int(cause), f"cow_copies_{name}") for cause, name in _CAUSE_NAMES.items())
+_CAUSE_COUNTER_OF = dict(_CAUSE_COUNTERS)
+_CAUSE_BITS = int(WP_CAUSE_MASK)
+_COPY_PAGE_FLAGS = {False: np.uint8(PG_anon), True: np.uint8(PG_anon | PG_anon_exclusive)}
+"""The flags of a copy, by whether the generation marks new anonymous pages exclusive."""
 
 
 _RW = Pte.RW.u16
@@ -97,6 +103,7 @@ _RW_BIT = int(Pte.RW)
 _DIRTY_BIT = int(Pte.DIRTY)
 _SWAP_OR_UFFD_WP = int(Pte.SWAP | Pte.UFFD_WP)
 _LRU_BATCH_BIT = int(PG_lru_batch)
+_SWAPCACHE_BIT = int(PG_swapcache)
 _BATCH_OR_SWAPCACHE = int(PG_lru_batch | PG_swapcache)
 _ANONYMOUS = FaultFlags.ANONYMOUS.u8
 _ZERO_READ = (FaultFlags.ANONYMOUS | FaultFlags.ZERO_PAGE).u8
@@ -117,6 +124,9 @@ def split_runs(k: Kernel, vma: VMA, pages: PageIndex) -> Iterator[PageIndex]:
     The runs are produced lazily: handling one run changes the batches.
     """
     if pages.size == 0:
+        return
+    if pages.size == vma.npages and int(vma.pfn.max()) < 0:
+        yield pages  # a first touch of the whole VMA (read in place): no frame in a batch
         return
     pfn = vma.pfn[pages]  # (a copy: decision_frames may write into it)
     if pfn.max() < 0:  # every PTE empty (a first touch): no frame to be in a batch
@@ -201,13 +211,84 @@ def _wp_faults_at_once(vmf: VmFault, pages: PageIndex, pte: PteArray, flags: Fla
     if whole:
         frames = frames.copy()  # the handlers remap vma.pfn; keep the old frames
     page_flags = k.frames.flags[frames]
-    if int(np.bitwise_or.reduce(page_flags)) & _LRU_BATCH_BIT:
+    any_flags = int(np.bitwise_or.reduce(page_flags))
+    if any_flags & _LRU_BATCH_BIT:
         return False
     k.counters.fault("wp", pages.size)
+    if pages.size < RUNS_MIN_FRAMES and not any_flags & _SWAPCACHE_BIT:
+        flags[:] = _wp_copy_few(vmf, pages, frames, page_flags, pte)
+        return True
     flags[:], copied = do_wp_page(vmf, pages, frames=frames, page_flags=page_flags, pte=pte,
                                   zero_free=True)
     k.lru_cache_add(copied, vmf.cpu)  # the copies, in page order
     return True
+
+
+def _wp_copy_few(vmf: VmFault, pages: PageIndex, frames: FrameArray,
+                 page_flags: npt.NDArray[np.uint8], pte: PteArray) -> FlagArray:
+    """:func:`do_wp_page` then :func:`~cowsim.sim.kernel.kernel.Kernel.lru_cache_add` of
+    the copies, for the few write-protect faults of a tick (fewer than ``RUNS_MIN_FRAMES``)
+    that :func:`_wp_faults_at_once` found: anonymous pages in no LRU-add batch nor the swap
+    cache (so the reuse decision changes nothing), not the zero page.
+
+    The same steps in the same order — the reuse decision, wp_page_reuse(), then
+    wp_page_copy() (allocate, copy, map, flush_tlb_page, put_page() of the old page) and
+    the copies' entry into the LRU-add batch — with each array read once: the refcounts
+    read for the decision are the ones put_page() lowers, the PTEs the caller read are
+    the ones wp_page_reuse() rewrites, and copies from one cause (a tick's usually are)
+    are counted without a histogram.  Returns each page's flags."""
+    k, vma = vmf.k, vmf.vma
+    pg = k.frames
+    refcount = pg.refcount[frames]
+    reuse = wp_can_reuse_anon_folio(k, frames, vmf.cpu, page_flags, refcount)
+    nr_reused = int(np.count_nonzero(reuse))
+    if nr_reused:
+        flags = np.where(reuse, _REUSE, _COPY).astype(np.uint8, copy=False)
+        # wp_page_reuse()
+        every = nr_reused == pages.size
+        reused_frames = frames if every else frames[reuse]
+        if k.gen.anon_exclusive:
+            pg.flags[reused_frames] |= PG_anon_exclusive
+        vma.pte[pages if every else pages[reuse]] = ((pte if every else pte[reuse])
+                                                     & ~WP_CAUSE_MASK) | PTE_WRITTEN
+        k.counters.add("wp_reuses", nr_reused)
+        if every:
+            return flags
+        copy = ~reuse
+        pages, frames, pte, refcount = pages[copy], frames[copy], pte[copy], refcount[copy]
+    else:
+        flags = np.full(pages.size, _COPY, dtype=np.uint8)
+    # wp_page_copy(): every old page is an anonymous page (not the zero page)
+    count = int(pages.size)
+    k.counters.add("cow_copies", count)
+    causes = int(np.bitwise_or.reduce(pte)) & _CAUSE_BITS
+    if causes == int(np.bitwise_and.reduce(pte)) & _CAUSE_BITS:  # one cause (the usual)
+        name = _CAUSE_COUNTER_OF.get(causes >> WP_CAUSE_SHIFT)
+        if name is not None:
+            k.counters.add(name, count)
+    else:
+        by_cause = np.bincount(cause_of(pte), minlength=8).tolist()
+        for cause, name in _CAUSE_COUNTERS:
+            if by_cause[cause]:
+                k.counters.add(name, by_cause[cause])
+    new = k.alloc_pages(count, _COPY_PAGE_FLAGS[k.gen.anon_exclusive], pg.content[frames],
+                        mapped=True)
+    vma.pte[pages] = PTE_WRITTEN
+    vma.pfn[pages] = new
+    k.flush_tlb(vmf.owner.mm, "page", count=count, cpu=vmf.cpu)
+    # put_page() of the old pages: each loses this mapping and its reference
+    refcount -= 1
+    pg.refcount[frames] = refcount
+    pg.mapcount[frames] -= 1
+    if int(refcount.min()) == 0:
+        k.free_dead(frames[refcount == 0])
+    # lru_cache_add() of the copies, in page order
+    old_flushed, new_kept = k.lru.add(vmf.cpu, new)
+    if new_kept.size:
+        pg.flags[new_kept] |= PG_lru_batch
+        pg.refcount[new_kept] += 1
+    k._release_batch_refs(old_flushed)
+    return flags
 
 
 def fault_in_readable(k: Kernel, owner: Process, vma: VMA, pages: PageIndex,
@@ -412,7 +493,8 @@ def do_wp_page(vmf: VmFault, pages: PageIndex, *, frames: FrameArray | None = No
 
 
 def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int,
-                            page_flags: npt.NDArray[np.uint8] | None = None
+                            page_flags: npt.NDArray[np.uint8] | None = None,
+                            refcount: npt.NDArray[np.int32] | None = None
                             ) -> npt.NDArray[np.bool_]:
     """The era's reuse decision for anonymous frames (unique) mapped read-only: the
     kernel's ``wp_can_reuse_anon_folio()`` (6.5+; before it inline in do_wp_page, and
@@ -420,7 +502,8 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int,
 
     Side effects as in the kernel: ≤5.8 drops a reusable page from the swap
     cache; 5.18+ drain the local LRU-add batch and free the swap cache.
-    ``page_flags``: the frames' flags, when the caller has read them already.
+    ``page_flags``, ``refcount``: the frames' flags and refcounts, when the caller has read
+    them already.
     """
     pg = k.frames
     rule = k.gen.wp_reuse
@@ -438,11 +521,13 @@ def wp_can_reuse_anon_folio(k: Kernel, frames: FrameArray, cpu: int,
         swap.delete_from_swap_cache(k, frames[reuse & in_cache])
         return reuse
     if rule is WpReuse.PAGE_COUNT:
-        out: npt.NDArray[np.bool_] = (pg.refcount[frames] == 1) & (pg.mapcount[frames] == 1)
+        out: npt.NDArray[np.bool_] = ((pg.refcount[frames] if refcount is None else refcount) == 1) \
+            & (pg.mapcount[frames] == 1)
         return out
     # PAGE_COUNT_DRAIN (5.18+), after the PageAnonExclusive shortcut (5.19+).  Flags and
     # refcounts are read once, and again only after a step that changes them.
-    refcount = pg.refcount[frames]
+    if refcount is None:
+        refcount = pg.refcount[frames]
     if not int(np.bitwise_or.reduce(page_flags)) & _BATCH_OR_SWAPCACHE:
         # No page in an LRU-add batch or the swap cache: nothing to drain or free, and
         # the steps below reduce to this.

@@ -58,6 +58,8 @@ def _no_zero(frames: FrameArray) -> FrameArray:
     return nonzero
 
 
+_NOT_LRU_BATCH = np.uint8(~PG_lru_batch & 0xFF)
+
 _WRITABLE_DIRTY = int(Pte.RW) | int(Pte.DIRTY)
 """PTE bits that let a store complete without a fault or a dirty-bit update."""
 
@@ -181,11 +183,16 @@ class Kernel:
                 dead = (zero_refs + start).astype(np.int32)  # (ascending: the order is free)
             else:
                 dead = frames[batch.gather(self.frames.refcount) == 0]
-        if dead.size and self.reported.tracks_frames:
-            self.reported.forget_frames(dead)
         if dead.size:
-            self.frames.free(dead)
-            self.counters.add("pages_freed", dead.size)
+            self.free_dead(dead)
+
+    def free_dead(self, dead: FrameArray) -> None:
+        """Free frames whose last reference :meth:`put_page` dropped (unique, none the zero
+        page), forgetting the frame-keyed reports about them."""
+        if self.reported.tracks_frames:
+            self.reported.forget_frames(dead)
+        self.frames.free(dead)
+        self.counters.add("pages_freed", dead.size)
 
     def alloc_pages(self, count: int, flags: np.uint8, content: npt.ArrayLike = 0, *,
                     mapped: bool = False) -> FrameArray:
@@ -215,9 +222,20 @@ class Kernel:
             self._release_batch_refs(self.lru.drain(each))
 
     def _release_batch_refs(self, frames: FrameArray) -> None:
-        if frames.size:
+        if not frames.size:
+            return
+        if frames.size >= RUNS_MIN_FRAMES:
             self.frames.clear(frames, PG_lru_batch)
             self.put_page(frames)
+            return
+        # A batch's worth (the common case): put_page() of frames that are never the
+        # zero page, by plain fancy indexing.
+        pg = self.frames
+        pg.flags[frames] &= _NOT_LRU_BATCH
+        remaining = pg.refcount[frames] - 1
+        pg.refcount[frames] = remaining
+        if int(remaining.min()) == 0:
+            self.free_dead(frames[remaining == 0])
 
     # ------------------------------------------------------------------
     # TLB flushes
@@ -292,7 +310,10 @@ class Kernel:
         report = fault.fault_in_writable(self, owner, vma, index, cpu=cpu, store=True)
         frames = vma.pfn if index.size == vma.npages else vma.pfn[index]  # (read, not kept)
         oracles.check_store(self, owner, frames, index, vma, writer_label=proc_name, mapped=True)
-        self.frames.content[frames] = value
+        if frames.size < RUNS_MIN_FRAMES:
+            self.frames.content[frames] = value
+        else:  # (a whole region written at once: its frames are usually a few slices)
+            FrameSet(frames).assign(self.frames.content, value)
         return report
 
     def try_store(self, proc_name: str, region: str, pages: npt.NDArray[np.int64], value: int

@@ -42,8 +42,12 @@ class LruAddBatches:
         each old frame flushed and take one on each new frame kept.
         """
         old = self.frames(cpu)
+        flushed_upto = ((old.size + new_frames.size) // self.capacity) * self.capacity
+        if flushed_upto >= old.size:  # the whole old batch is flushed: no need to join them
+            kept = new_frames[flushed_upto - old.size :].copy()
+            self._batches[cpu] = kept
+            return old, kept
         sequence = np.concatenate([old, new_frames]) if old.size else new_frames
-        flushed_upto = (sequence.size // self.capacity) * self.capacity
         kept = sequence[flushed_upto:]
         self._batches[cpu] = kept.copy()
         old_flushed = old[: min(old.size, flushed_upto)]

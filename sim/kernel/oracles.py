@@ -38,7 +38,16 @@ import numpy as np
 import numpy.typing as npt
 
 from cowsim.sim.kernel.mm import Pte
-from cowsim.sim.kernel.pages import FrameArray, IntArray, PageIndex, PG_anon, PG_lru_batch, PG_swapcache
+from cowsim.sim.kernel.pages import (
+    RUNS_MIN_FRAMES,
+    FrameArray,
+    FrameSet,
+    IntArray,
+    PageIndex,
+    PG_anon,
+    PG_lru_batch,
+    PG_swapcache,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -130,7 +139,8 @@ def check_store(k: Kernel, writer: Process, frames: FrameArray, pages: PageIndex
         return
     pg = k.frames
     if (mapped and not k.pipes and not k.refs
-            and int(np.maximum.reduce(pg.mapcount[frames])) <= 1):
+            and (int(np.maximum.reduce(pg.mapcount[frames])) if frames.size < RUNS_MIN_FRAMES
+                 else FrameSet(frames).maximum(pg.mapcount)) <= 1):
         return  # no holder, and no frame mapped by anyone but the writer: no leak
     refcount = pg.refcount[frames]  # the zero page's is 0: never a suspect
     maybe = refcount > 1

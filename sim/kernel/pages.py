@@ -161,6 +161,16 @@ class FrameSet:
             return array[runs[0][0] : runs[0][1]].copy()
         return np.concatenate([array[start:stop] for start, stop in runs])
 
+    def maximum(self, array: npt.NDArray[Any]) -> int:
+        """The largest value of ``array`` at the frames (at least one), read in place where
+        they are consecutive (no gathered copy)."""
+        if self.small:
+            return int(np.maximum.reduce(array[self.frames]))
+        slices = self._slices()
+        if slices is None:
+            return int(np.maximum.reduce(array[self.frames]))
+        return max(int(np.maximum.reduce(array[start:stop])) for start, stop in slices)
+
     def assign(self, array: npt.NDArray[Any], value: npt.ArrayLike) -> None:
         if self.small:
             array[self.frames] = value
