@@ -432,8 +432,14 @@ class RefKernel:
             writable = write and (exclusive or sole)
         if old.uffd_wp:
             writable = False
+        clean_writable = (not write and self.gen.swapin_read_maps_writable and vma.prot == "rw"
+                          and (exclusive or frame.refcount == 1) and not old.uffd_wp
+                          and (vma.softdirty or old.soft_dirty))
         if writable:
             vma.ptes[page] = Pte(frame=frame, write=True, dirty=True, soft_dirty=True,
+                                 uffd_wp=old.uffd_wp)
+        elif clean_writable:  # 6.11+: a read maps an exclusive page writable, clean
+            vma.ptes[page] = Pte(frame=frame, write=True, soft_dirty=old.soft_dirty,
                                  uffd_wp=old.uffd_wp)
         else:
             vma.ptes[page] = Pte(frame=frame, soft_dirty=old.soft_dirty, uffd_wp=old.uffd_wp,
@@ -637,7 +643,7 @@ class RefKernel:
                 pte.cause = "uffd_wp"
             else:
                 pte.uffd_wp = False
-                if (vma.prot == "rw" and not pte.write
+                if (vma.prot == "rw" and not pte.write and self.gen.uffd_resolve_writable
                         and self._can_change_pte_writable(vma, pte)):
                     pte.write = True
                     pte.cause = "none"

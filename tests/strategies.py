@@ -24,8 +24,10 @@ from hypothesis import strategies as st
 from cowsim.sim.kernel import Generation, all_generations, generation_for
 from cowsim.sim.kernel.vmfault import FaultReport
 
-GENERATIONS: list[Generation] = [*all_generations(), generation_for("aa-mapcount")]
-"""Every era's representative version, plus the what-if that restores mapcount reuse."""
+GENERATIONS: list[Generation] = [*all_generations(), generation_for("6.18"),
+                                  generation_for("aa-mapcount")]
+"""Every era's representative version, the newest release (rules of 6.11+ no era stands for),
+plus the what-if that restores mapcount reuse."""
 
 PROCS = ("p0", "p1", "p2")
 REGIONS = ("a", "b")

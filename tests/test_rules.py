@@ -353,9 +353,13 @@ def test_mprotect_tlb_flushes(version: str, flushes: int) -> None:
 
 
 @pytest.mark.parametrize(("version", "writable_after"), [
-    ("5.10", False), ("5.19", False), ("6.0", True), ("6.8", True),
+    ("5.10", False), ("5.19", False), ("6.0", False), ("6.1", False), ("6.2", False),
+    ("6.3", True), ("6.8", True),
 ])
 def test_uffd_unprotect_may_map_writable(version: str, writable_after: bool) -> None:
+    """UFFDIO_WRITEPROTECT(0) maps an exclusive page writable only from 6.3 (931298e103c2);
+    64fe24a3e05e (6.0) did it for mprotect alone, as Debian's 6.1 kernel shows under
+    validate-host (the write after the unprotect takes a reuse fault there)."""
     k = written_page(version)
     k.uffd_register("p", "buf")
     k.uffd_wp("p", "buf", None, True)
@@ -494,3 +498,19 @@ def test_vectorized_cow_of_many_pages() -> None:
     assert k.counters["cow_copies"] == 100
     assert (k.peek("c", "buf") == 0).all()
     assert (k.peek("p", "buf", chosen) == 9).all()
+
+
+@pytest.mark.parametrize(("version", "write_faults"), [("5.19", 1), ("6.1", 1), ("6.8", 1),
+                                                       ("6.11", 0), ("6.18", 0)])
+def test_a_read_swap_in_maps_an_exclusive_page_writable_from_6_11(version: str,
+                                                                   write_faults: int) -> None:
+    """Read swap-in maps R/O (the write after it faults and reuses) until "mm: swap: reuse
+    exclusive folio directly instead of wp page faults"; Debian 6.12 under validate-host
+    takes no fault for that write, Debian 6.1 one."""
+    k = written_page(version)
+    k.madvise("p", "buf", "pageout")
+    k.read("p", "buf")
+    before = k.counters["page_faults"]
+    k.write("p", "buf", None, 0x22)
+    assert k.counters["page_faults"] - before == write_faults
+    assert k.counters["cow_copies"] == 0

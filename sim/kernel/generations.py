@@ -142,10 +142,15 @@ class Generation:
     """The TLB flush clear_refs 4 issues (proc.py)."""
     clear_refs_write_lock: bool = False
     """clear_refs 4 holds the mmap lock for writing for the whole walk (machine timing)."""
+    swapin_read_maps_writable: bool = False
+    """do_swap_page maps an exclusive page writable on a read fault too (swap.py)."""
     swapcache_refuses_pinned: bool = False
     """Reclaim does not add maybe-pinned anonymous pages to the swap cache (swap.py)."""
     change_prot_writable: ChangeProtWritable = ChangeProtWritable.NEVER
-    """mprotect(RW) and uffd-wp resolve may map exclusive anon PTEs writable (mprotect.py)."""
+    """mprotect(RW) may map exclusive anon PTEs writable, and how (protect.py)."""
+    uffd_resolve_writable: bool = False
+    """UFFDIO_WRITEPROTECT(0) also tries can_change_pte_writable(), as mprotect(RW) does
+    (protect.py); before, a resolved private PTE stays read-only until the next write."""
     unshare_cow_mappings: bool = False
     """R/O long-term pins unshare non-anonymous pages (zero page) in COW mappings (gup.py)."""
     odirect_uses_pin: bool = False
@@ -220,9 +225,16 @@ RULE_CHANGES: tuple[RuleChange, ...] = (
                "mm/mprotect: allow clean exclusive anon pages to be writable (Nadav Amit)"),
     RuleChange((6, 2), "unshare_cow_mappings", True,
                "84209e87c696 mm/gup: reliable R/O long-term pinning in COW mappings"),
+    RuleChange((6, 3), "uffd_resolve_writable", True,
+               "931298e103c2 mm/userfaultfd: rely on vma->vm_page_prot in uffd_wp_range() "
+               "(MM_CP_TRY_CHANGE_WRITABLE on unprotect; seen by validate-host on Debian 6.1)"),
     RuleChange((6, 4), "odirect_uses_pin", True,
                "a7e689dd1c06 block: Convert bio_iov_iter_get_pages to use iov_iter_extract_pages",
                "[U] 6.4 or 6.5; read as 6.4"),
+    RuleChange((6, 11), "swapin_read_maps_writable", True,
+               "mm: swap: reuse exclusive folio directly instead of wp page faults (Barry Song, "
+               "June 2024; seen by validate-host on Debian 6.12)",
+               "[U] merged for 6.11 or 6.12; read as 6.11"),
 )
 """Every rule change, oldest first. The fields' defaults are the ≤5.4 rules."""
 

@@ -11,6 +11,8 @@ it back is where the eras differ (§3.4, §3.5):
   at once if the page is PageAnonExclusive, the PTE is dirty, soft-dirty
   tracking does not need the fault and the PTE is not uffd-wp protected.
 * 6.2+: the same without the dirty requirement.
+* UFFDIO_WRITEPROTECT(0) gives it back the same way only from 6.3 (931298e103c2);
+  before, a resolved private PTE stays read-only and the next write faults.
 
 A shared mapping has no COW: mprotect(RW) makes its PTEs writable again
 (unless soft-dirty tracking needs the write fault).
@@ -135,8 +137,8 @@ def uffd_writeprotect(k: Kernel, owner: Process, vma: VMA, pages: PageIndex, pro
     else:
         vma.pte[swapped] &= Pte.UFFD_WP.inverted
         vma.pte[present] &= Pte.UFFD_WP.inverted
-        if vma.writable:
-            # ≤5.19 leaves the PTE read-only; 6.0+ MM_CP_TRY_CHANGE_WRITABLE.
+        if vma.writable and k.gen.uffd_resolve_writable:
+            # ≤6.2 leaves the PTE read-only; 6.3+ MM_CP_TRY_CHANGE_WRITABLE (931298e103c2).
             read_only = present[(vma.pte[present] & Pte.RW.u16) == 0]
             up = read_only[can_change_pte_writable(k, vma, read_only)]
             vma.pte[up] = (vma.pte[up] & ~WP_CAUSE_MASK) | Pte.RW.u16

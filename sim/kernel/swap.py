@@ -19,6 +19,10 @@ The era rules that matter here:
 * A write fault through a swap entry: ≤5.17 uses ``reuse_swap_page``
   (mapcount + swap count, GUP references invisible), 5.18+ the page_count
   logic (c145e0b47c77), 5.19+ maps exclusive entries writable at once.
+* A read fault through a swap entry maps the page read-only (the next write takes
+  do_wp_page) until 6.11, which maps an exclusive page writable (clean) already on the
+  read, unless uffd-wp or soft-dirty tracking needs the write fault ("mm: swap: reuse
+  exclusive folio directly instead of wp page faults"; the version is [U]).
 
 Simplification: a page read back from swap goes straight onto the LRU rather
 than through the per-CPU LRU-add batch.  No reuse decision changes by it:
@@ -36,6 +40,7 @@ import numpy.typing as npt
 from cowsim.sim.kernel.generations import SwapinReuse
 from cowsim.sim.kernel.mm import (
     PTE_WRITTEN,
+    VM_SOFTDIRTY,
     VMA,
     Pte,
     WpCause,
@@ -233,7 +238,16 @@ def do_swap_page(vmf: VmFault, pages: PageIndex) -> npt.NDArray[np.bool_]:
     writable &= (old & Pte.UFFD_WP.u16) == 0
     keep = old & (Pte.SOFT_DIRTY | Pte.UFFD_WP).u16
     read_only = with_cause(keep, WpCause.SWAPIN)
-    vma.pte[pages] = np.where(writable, keep | PTE_WRITTEN, read_only)
+    clean_writable = np.zeros(pages.size, dtype=bool)
+    if not write and k.gen.swapin_read_maps_writable and vma.writable:
+        # The read maps an exclusive page writable but clean (no DIRTY, no soft-dirty set):
+        # not for uffd-wp, nor where soft-dirty tracking needs the write fault.
+        clean_writable = (exclusive | (k.frames.refcount[frames] == 1)) \
+            & ((old & Pte.UFFD_WP.u16) == 0)
+        if not vma.vm_flags & VM_SOFTDIRTY:
+            clean_writable &= (old & Pte.SOFT_DIRTY.u16) != 0
+    vma.pte[pages] = np.where(writable, keep | PTE_WRITTEN,
+                              np.where(clean_writable, keep | Pte.RW.u16, read_only))
     vma.pfn[pages] = frames
     k.swap.release(slots)
     still_read_only: npt.NDArray[np.bool_] = ~writable if write else writable
