@@ -9,7 +9,7 @@ accesses and device actions; most of them can be done for real.  This module:
    what happened to each page's frame is seen (a changed PFN is a copy, the same PFN a
    reuse; PFNs need root), each command tagged with the kernel features it needs;
 2. **runs** the plan (:func:`run_plan`; a time limit, its own session, every process killed
-   and reaped on the way out, Ctrl-C included), and reads, per step, the minor faults the
+   and reaped on the way out, Ctrl-C included), and reads, per step, the faults (minor and major) the
    process took, the pages' outcomes and the values loads, pipes and devices saw;
 3. **predicts** the same observations from the model of the kernel that ran it
    (:func:`cowsim.sim.trace_scenario`, the release mapped to its generation) and
@@ -37,7 +37,8 @@ How steps run for real (and when they cannot):
   reported skipped (never half-run silently).  An observation that cannot be made (a
   soft-dirty bit without soft-dirty, frames without root) is skipped alone.
 
-Faults: ``ru_minflt`` counts a fault once, when it completes; a fault handed to
+Faults: ``ru_minflt + ru_majflt`` (a swap-in that reads the swap device is a major
+fault) count a fault once, when it completes; a fault handed to
 userfaultfd returns VM_FAULT_RETRY and is counted at the retry, so the prediction is the
 model's ``page_faults`` delta less its ``faults_uffd_wp`` delta.
 """
@@ -539,7 +540,7 @@ def compare(plan: Plan, output: ExecutorOutput, predictions: list[dict[str, Any]
             if flt is not None and "faults" in predicted:
                 observed["faults"] = int(flt)
                 real_faults += int(flt)
-        if "faults" in predicted:  # ru_minflt counts a userfaultfd-retried fault once
+        if "faults" in predicted:  # getrusage counts a userfaultfd-retried fault once
             uffd = counters.get("faults_uffd_wp", 0) - _previous(predictions, index,
                                                                 "faults_uffd_wp")
             predicted["faults"] -= uffd

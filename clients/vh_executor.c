@@ -38,7 +38,7 @@
  *   uring P R ID PAGES                  dmaw P ID VALUE   dmar P ID           release P ID
  *   odread P R VALUE PAGES              odwrite P R PAGES
  *   uffdreg P R                         uffdwp P R PROTECT PAGES
- * "flt" is the minor faults the process took during the operation (getrusage), "val" the
+ * "flt" is the faults (minor + major) the process took during the operation (getrusage), "val" the
  * first 32-bit word of each page, "pm" each page's raw /proc/self/pagemap entry.
  */
 #define _GNU_SOURCE
@@ -111,10 +111,12 @@ static int parse_pages(char *text, long *out) {
     return n;
 }
 
-static long minflt(void) {
+/* Faults this process has taken: minor and major (a swap-in that read the swap device
+ * counts as major), as the model's page_faults counts both. */
+static long faults_taken(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_minflt;
+    return ru.ru_minflt + ru.ru_majflt;
 }
 
 /* Touch the stack below us and the rusage path so that a process's first command after a
@@ -122,8 +124,8 @@ static long minflt(void) {
 static void __attribute__((noinline)) warm(void) {
     volatile char pad[65536];
     for (size_t i = 0; i < sizeof pad; i += 512) pad[i] = 1;
-    (void)minflt();
-    (void)minflt();
+    (void)faults_taken();
+    (void)faults_taken();
 }
 
 /* Map every page of this program's own text, data and stack now (a read per page), so
@@ -256,7 +258,7 @@ static void proc_command(char *line, char *out, size_t size) {
             errno = EINVAL;
             FAIL("mmap");
         }
-        before = minflt();
+        before = faults_taken();
         char *addr = mmap(NULL, (size_t)npages * PAGE, PROT_READ | PROT_WRITE,
                           (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
         if (addr == MAP_FAILED) FAIL("mmap");
@@ -265,7 +267,7 @@ static void proc_command(char *line, char *out, size_t size) {
             if (madvise(addr, (size_t)npages * PAGE, 23 /* MADV_POPULATE_WRITE */) != 0)
                 for (long i = 0; i < npages; i++) ((volatile char *)addr)[i * PAGE] = 0;
         }
-        after = minflt();
+        after = faults_taken();
         regions[r].addr = addr;
         regions[r].npages = npages;
         regions[r].mapped = 1;
@@ -290,9 +292,9 @@ static void proc_command(char *line, char *out, size_t size) {
                 if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0) FAIL("UFFDIO_WRITEPROTECT");
                 regions[r].uffd_wp[pages[i]] = 0;
             }
-            before = minflt();
+            before = faults_taken();
             *(volatile uint32_t *)(base + pages[i] * PAGE) = value;
-            faults += minflt() - before;
+            faults += faults_taken() - before;
         }
         snprintf(out, size, "ok flt=%ld", faults);
     } else if (strcmp(op, "read") == 0) {
@@ -302,9 +304,9 @@ static void proc_command(char *line, char *out, size_t size) {
         memset(values, 0, sizeof values);  /* our own pages' faults before the window */
         long faults = 0;
         for (int i = 0; i < n; i++) {
-            before = minflt();
+            before = faults_taken();
             values[i] = *(volatile uint32_t *)(base + pages[i] * PAGE);
-            faults += minflt() - before;
+            faults += faults_taken() - before;
         }
         snprintf(out, size, "ok flt=%ld val=", faults);
         for (int i = 0; i < n; i++) append(out, size, "%lld", values[i], i == 0);
@@ -350,17 +352,17 @@ static void proc_command(char *line, char *out, size_t size) {
         int prot = atoi(argv[3]);
         if (!check_page(r, 0)) { errno = EINVAL; FAIL("region"); }
         int flags = (prot & 1 ? PROT_READ : 0) | (prot & 2 ? PROT_WRITE : 0);
-        before = minflt();
+        before = faults_taken();
         if (mprotect(regions[r].addr, (size_t)regions[r].npages * PAGE, flags) != 0) FAIL("mprotect");
-        after = minflt();
+        after = faults_taken();
         snprintf(out, size, "ok flt=%ld", after - before);
     } else if (strcmp(op, "madvise") == 0) {
         int advice = atoi(argv[3]);
         NEED_PAGES(argv[4]);
-        before = minflt();
+        before = faults_taken();
         for (int i = 0; i < n; i++)
             if (madvise(regions[r].addr + pages[i] * PAGE, PAGE, advice) != 0) FAIL("madvise");
-        after = minflt();
+        after = faults_taken();
         for (int i = 0; i < n; i++) {
             if (advice == MADV_DONTFORK) regions[r].dontfork[pages[i]] = 1;
             if (advice == MADV_DOFORK) regions[r].dontfork[pages[i]] = 0;
@@ -379,9 +381,9 @@ static void proc_command(char *line, char *out, size_t size) {
             iov[i].iov_base = regions[r].addr + pages[i] * PAGE;
             iov[i].iov_len = PAGE;
         }
-        before = minflt();
+        before = faults_taken();
         ssize_t done = vmsplice(data_w[pipe_index], iov, (unsigned long)n, 0);
-        after = minflt();
+        after = faults_taken();
         if (done != (ssize_t)n * PAGE) FAIL("vmsplice");
         snprintf(out, size, "ok flt=%ld", after - before);
     } else if (strcmp(op, "uring") == 0) {
@@ -397,9 +399,9 @@ static void proc_command(char *line, char *out, size_t size) {
             iov[i].iov_len = PAGE;
         }
         ring->npages = n;
-        before = minflt();
+        before = faults_taken();
         long rc = syscall(__NR_io_uring_register, ring->fd, IORING_REGISTER_BUFFERS, iov, n);
-        after = minflt();
+        after = faults_taken();
         if (rc != 0) { int e = errno; ring_close(ring); errno = e; FAIL("IORING_REGISTER_BUFFERS"); }
         snprintf(out, size, "ok flt=%ld", after - before);
     } else if (strcmp(op, "dmaw") == 0 || strcmp(op, "dmar") == 0) {
@@ -448,14 +450,14 @@ static void proc_command(char *line, char *out, size_t size) {
         int dfd = open(path, O_RDWR | O_DIRECT);
         unlink(path);
         if (dfd < 0) { close(fd); FAIL("open O_DIRECT"); }
-        before = minflt();
+        before = faults_taken();
         for (int i = 0; i < n; i++) {
             char *addr = regions[r].addr + pages[i] * PAGE;
             ssize_t done = device_writes ? pread(dfd, addr, PAGE, (off_t)i * PAGE)
                                          : pwrite(dfd, addr, PAGE, (off_t)i * PAGE);
             if (done != PAGE) { close(dfd); close(fd); FAIL(device_writes ? "O_DIRECT read" : "O_DIRECT write"); }
         }
-        after = minflt();
+        after = faults_taken();
         snprintf(out, size, "ok flt=%ld", after - before);
         if (!device_writes) {
             size_t len = strlen(out);
@@ -484,7 +486,7 @@ static void proc_command(char *line, char *out, size_t size) {
         int protect = atoi(argv[3]);
         NEED_PAGES(argv[4]);
         if (uffd < 0) { errno = EINVAL; FAIL("uffd"); }
-        before = minflt();
+        before = faults_taken();
         for (int i = 0; i < n; i++) {
             struct uffdio_writeprotect wp = {
                 .range = {.start = (uintptr_t)(regions[r].addr + pages[i] * PAGE), .len = PAGE},
@@ -492,7 +494,7 @@ static void proc_command(char *line, char *out, size_t size) {
             if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0) FAIL("UFFDIO_WRITEPROTECT");
             regions[r].uffd_wp[pages[i]] = (unsigned char)(protect != 0);
         }
-        after = minflt();
+        after = faults_taken();
         snprintf(out, size, "ok flt=%ld", after - before);
     } else {
         errno = EINVAL;

@@ -1,7 +1,7 @@
 """What the model predicts a real kernel shows, step by step: the other half of validate-host.
 
 ``cowsim validate-host`` (:mod:`cowsim.clients.validate_host`) runs a scenario as real
-processes and records, per step, what user space can see of the kernel: the minor faults
+processes and records, per step, what user space can see of the kernel: the faults
 a step took, what happened to each page's frame (through ``/proc/PID/pagemap``), the
 values a load, a pipe or a device sees.  :func:`trace_scenario` runs the same scenario
 on the model and records the same observations in the same words, so the two are
@@ -10,7 +10,7 @@ compared as plain dicts.
 The vocabulary, per step (``op`` → keys):
 
 * ``faults`` — the step's faults: the model's ``page_faults`` delta; on a real kernel the
-  process's ``ru_minflt`` delta (GUP's faults included).  For CPU accesses and GUP users.
+  process's ``ru_minflt + ru_majflt`` delta (GUP's faults included).  For CPU accesses and GUP users.
 * ``pages`` — one word per page of the step's selection, from the page's state before
   and after the step (:func:`page_outcome`): ``none`` (not mapped, still not), ``faulted
   in``, ``reused`` (the same frame), ``copied`` (another frame), ``unmapped``,
