@@ -32,6 +32,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 
 from rich.console import Console
 
@@ -45,7 +46,9 @@ from cowsim.clients import (
     validate_host_cli,
     workload_cli,
 )
+from cowsim.clients.kernel_images import fetch_debian
 from cowsim.clients.output import say
+from cowsim.clients.validate_host import ValidateHostError
 from cowsim.service import cli as serve_cli
 from cowsim.sim import (
     Generation,
@@ -96,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print results as JSON")
     run.add_argument("--markdown", action="store_true",
                      help="print the scenario × kernel matrix as a Markdown table")
-    kernels = commands.add_parser("kernels", help="list kernel generations and their rules")
+    kernels = commands.add_parser("kernels", help="list kernel generations and their rules, or "
+                                                   "fetch kernel images to validate against")
     kernels.add_argument("--json", action="store_true")
+    kernels.add_argument("--fetch", choices=["debian"],
+                         help="download and unpack Debian's 6.1 and 6.12 cloud kernels (apt)")
+    kernels.add_argument("--dir", metavar="DIR",
+                         help="where --fetch unpacks them (default ~/.cache/cowsim/kernels)")
     workload_cli.add_commands(commands)
     serve_cli.add_command(commands)
     service_cli.add_commands(commands)
@@ -178,6 +186,17 @@ def _print_results(args: argparse.Namespace, console: Console,
 
 
 def _kernels(args: argparse.Namespace, console: Console) -> int:
+    if args.fetch:
+        try:
+            images = fetch_debian(Path(args.dir) if args.dir else None)
+        except ValidateHostError as exc:
+            say(f"kernels --fetch: {exc}")
+            return EXIT_FAILED
+        for image in images:
+            print(image)
+        return EXIT_OK
+    if args.dir:
+        raise InvalidInput("--dir goes with --fetch", source="--dir")
     if args.json:
         payload = [
             {"name": g.label, "era": g.era, "version": ".".join(map(str, g.version)),

@@ -70,7 +70,7 @@ from cowsim.sim import (
 )
 
 __all__ = ["EXECUTOR_SOURCE", "FEATURE_REASONS", "ExecutorOutput", "Plan", "StepReport",
-           "ValidateHostError", "build_executor", "combine_runs", "compare", "compile_plan",
+           "ValidateHostError", "build_executor", "cache_dir", "combine_runs", "compare", "compile_plan",
            "parse_output",
            "release_generation", "run_plan", "validate_scenario"]
 
@@ -103,19 +103,20 @@ class ValidateHostError(Exception):
 
 # --- building the executor -------------------------------------------------------------------
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """Where built executors and initramfs images are kept (``$XDG_CACHE_HOME/cowsim``)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cowsim"
 
 
-def build_executor(cache_dir: Path | None = None, *, static: bool = True) -> Path:
+def build_executor(cache: Path | None = None, *, static: bool = True) -> Path:
     """The executor binary, compiled from :data:`EXECUTOR_SOURCE` at first use and cached
-    under ``cache_dir`` (default ``$XDG_CACHE_HOME/cowsim``) by the hash of its source and
+    under ``cache`` (default :func:`cache_dir`) by the hash of its source and
     link mode; statically linked when ``static`` and the C library allows it."""
     source = resources.files("cowsim.clients").joinpath(EXECUTOR_SOURCE).read_bytes()
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     digest = hashlib.sha256(source + (b"static" if static else b"dynamic")).hexdigest()[:16]
-    directory = cache_dir or _cache_dir()
+    directory = cache or cache_dir()
     binary = directory / f"vh-executor-{digest}"
     if binary.exists():
         return binary

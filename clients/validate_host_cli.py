@@ -26,16 +26,20 @@ from rich.console import Console
 from rich.table import Table
 
 from cowsim.clients.output import say
+from cowsim.clients.qemu_guest import DEFAULT_GUEST_TIMEOUT_SECONDS, kernel_release, run_guest
 from cowsim.clients.validate_host import (
     DEFAULT_RUNS,
     DEFAULT_TIMEOUT_SECONDS,
+    Plan,
     ValidateHostError,
     build_executor,
+    cache_dir,
     compile_plan,
     run_plan,
     validate_scenario,
 )
-from cowsim.sim import InvalidInput, generation_for, load_scenario
+from cowsim.clients.validate_matrix import build_matrix, matrix_markdown, matrix_table
+from cowsim.sim import Generation, InvalidInput, Scenario, generation_for, load_scenario
 
 __all__ = ["add_command", "default_scenarios", "main", "scenario_files"]
 
@@ -43,6 +47,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 MAX_FILES = 1000
 MAX_TIMEOUT_SECONDS = 3600.0
 MAX_RUNS = 100
+MAX_APPEND = 1024
 
 
 def default_scenarios() -> Path | None:
@@ -70,6 +75,17 @@ def add_command(commands: Any) -> None:
                              "the running release maps to")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
                         metavar="SECONDS", help="time limit per scenario (default %(default)g)")
+    guest = parser.add_argument_group("on a kernel image booted in qemu")
+    guest.add_argument("--kernel-image", action="append", metavar="PATH",
+                       help="boot this bzImage in qemu and run the scenarios there (repeatable)")
+    guest.add_argument("--modules", metavar="DIR",
+                       help="the image's lib/modules/RELEASE (default: beside its boot/ folder)")
+    guest.add_argument("--append", metavar="ARGS", help="more kernel command-line arguments")
+    guest.add_argument("--guest-timeout", type=float, default=DEFAULT_GUEST_TIMEOUT_SECONDS,
+                       metavar="SECONDS", help="time limit per boot (default %(default)g)")
+    guest.add_argument("--matrix", action="store_true",
+                       help="a scenario × kernel table: this host and every --kernel-image")
+    guest.add_argument("--markdown", action="store_true", help="the matrix as Markdown")
 
 
 def scenario_files(names: list[str]) -> list[Path]:
@@ -129,12 +145,62 @@ def _print(console: Console, results: list[dict[str, Any]], verbose: bool) -> No
         console.print(table)
 
 
+def _check_image(option: str) -> Path:
+    path = Path(option)
+    if not path.is_file():
+        raise InvalidInput(f"{option!r}: no such file", source="--kernel-image")
+    if kernel_release(path) is None:
+        raise InvalidInput(f"{option!r} is not a bootable x86 kernel image (no bzImage setup "
+                           "header)", source="--kernel-image")
+    return path
+
+
+def _on_host(binary: Path, loaded: list[tuple[Scenario, str]], plans: list[Plan], runs: int,
+             timeout: float, model: Generation | None) -> tuple[list[dict[str, Any]], bool]:
+    results: list[dict[str, Any]] = []
+    failed = False
+    for (scenario, file), plan in zip(loaded, plans, strict=True):
+        try:
+            outputs = [run_plan(binary, plan.text(), timeout_seconds=timeout) for _ in range(runs)]
+            results.append(validate_scenario(scenario, file, outputs, plan, model=model))
+        except ValidateHostError as exc:
+            say(f"validate-host: {file}: {exc}")
+            failed = True
+    return results, failed
+
+
+def _in_guest(binary: Path, image: Path, loaded: list[tuple[Scenario, str]], plans: list[Plan],
+              args: argparse.Namespace, model: Generation | None) -> list[dict[str, Any]]:
+    """Every scenario × run in one boot of ``image`` (GuestError when the guest fails)."""
+    texts = [plan.text() for plan in plans for _ in range(args.runs)]
+    guest = run_guest(image, texts, executor=binary, cache_dir=cache_dir(),
+                      modules_dir=Path(args.modules) if args.modules else None,
+                      append=args.append or "", timeout_seconds=args.guest_timeout)
+    results = []
+    for index, ((scenario, file), plan) in enumerate(zip(loaded, plans, strict=True)):
+        outputs = guest.outputs[index * args.runs:(index + 1) * args.runs]
+        result = validate_scenario(scenario, file, outputs, plan, model=model)
+        result["image"] = str(image)
+        results.append(result)
+    return results
+
+
 def main(args: argparse.Namespace, console: Console) -> int:
     if not 0 < args.timeout <= MAX_TIMEOUT_SECONDS:
         raise InvalidInput(f"{args.timeout:g}: a time limit is more than 0 and at most "
                            f"{MAX_TIMEOUT_SECONDS:g} seconds", source="--timeout")
+    if not 0 < args.guest_timeout <= MAX_TIMEOUT_SECONDS:
+        raise InvalidInput(f"{args.guest_timeout:g}: a time limit is more than 0 and at most "
+                           f"{MAX_TIMEOUT_SECONDS:g} seconds", source="--guest-timeout")
     if not 1 <= args.runs <= MAX_RUNS:
         raise InvalidInput(f"{args.runs}: runs is from 1 to {MAX_RUNS}", source="--runs")
+    if args.append is not None and (len(args.append) > MAX_APPEND or "\n" in args.append):
+        raise InvalidInput(f"at most {MAX_APPEND} characters on one line", source="--append")
+    images = [_check_image(option) for option in args.kernel_image or []]
+    if (args.modules or args.append) and not images:
+        raise InvalidInput("--modules and --append go with --kernel-image", source="--modules")
+    if args.markdown and not args.matrix:
+        raise InvalidInput("--markdown goes with --matrix", source="--markdown")
     model = generation_for(args.model) if args.model is not None else None
     if not sys.platform.startswith("linux"):
         say("validate-host needs Linux (real processes on the running kernel)")
@@ -147,17 +213,24 @@ def main(args: argparse.Namespace, console: Console) -> int:
     except ValidateHostError as exc:
         say(f"validate-host: {exc}")
         return EXIT_INVALID
-    results: list[dict[str, Any]] = []
+    columns: list[list[dict[str, Any]]] = []
     failed = False
-    for (scenario, file), plan in zip(loaded, plans, strict=True):
+    if not images or args.matrix:
+        on_host, failed = _on_host(binary, loaded, plans, args.runs, args.timeout, model)
+        columns.append(on_host)
+    for image in images:
         try:
-            outputs = [run_plan(binary, plan.text(), timeout_seconds=args.timeout)
-                       for _ in range(args.runs)]
-            results.append(validate_scenario(scenario, file, outputs, plan, model=model))
+            columns.append(_in_guest(binary, image, loaded, plans, args, model))
         except ValidateHostError as exc:
-            say(f"validate-host: {file}: {exc}")
+            say(f"validate-host: {exc}")
             failed = True
-    if args.json:
+    results = [result for column in columns for result in column]
+    if args.matrix:
+        matrix = build_matrix(loaded, columns)
+        print(matrix_markdown(matrix)) if args.markdown else console.print(matrix_table(matrix))
+        if args.json:
+            print(json.dumps(results, indent=2))
+    elif args.json:
         print(json.dumps(results, indent=2))
     else:
         _print(console, results, args.verbose)
