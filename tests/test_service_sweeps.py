@@ -329,8 +329,10 @@ def test_serve_on_a_dask_cluster_gives_the_local_tables(tmp_path: Path) -> None:
                 result = json.loads(c.get(final.runs[0].run_id).result.result_json)
                 assert observer.deltas.get("cow_copies", 0) >= \
                     result["metrics"]["cow_copies_total"] > 0
-                # a cancelled run stops on its Dask worker
-                run = c.submit(json.dumps(dict(BASE, duration="30s")), source_name="long.json")
+                # a cancelled run stops on its Dask worker (paced at real time, so that it is
+                # still running after a second however fast the machine)
+                run = c.submit(json.dumps(dict(BASE, duration="30s")), source_name="long.json",
+                               pace=1.0)
                 time.sleep(1.0)
                 assert c.cancel(run.run_id).state == pb.RUN_STATE_CANCELLED
         finally:
