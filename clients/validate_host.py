@@ -53,7 +53,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -689,9 +689,3 @@ def validate_scenario(scenario: Scenario, file: str, outputs: Sequence[ExecutorO
     return {"scenario": scenario.name, "file": file, "kernel": release,
             "era": generation.era, "model": chosen.label,
             "steps": [report.as_dict() for report in reports]}
-
-
-def iter_statuses(results: Sequence[dict[str, Any]]) -> Iterator[str]:
-    for result in results:
-        for step in result["steps"]:
-            yield step["status"]
