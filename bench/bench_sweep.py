@@ -4,8 +4,8 @@ The sweep: a small forking server (4 MiB, 20k requests/s, a snapshot fork every
 50 ms) over 2 kernels × 100 request rates, one replication: 200 runs of 2 s simulated,
 about a tenth of a second each on the development VM.  (Shorter runs measure the pool's
 fixed costs — starting two interpreters, storing each result — more than the parallelism:
-at 200 ms a run, 13 ms of work, 2 workers are 1.5–1.6× faster than 1 there.)  Timed, each into a fresh directory through the whole
-driver (plan, store every result, write the tables):
+at 200 ms a run, 13 ms of work, 2 workers are 1.5–1.6× faster than 1 there.)  Timed, each
+into a fresh directory through the whole driver (plan, store every result, write the tables):
 
 1. the same 200 jobs run one after another in this process (:func:`execute`,
    no executor, no storage): the floor;
