@@ -168,6 +168,15 @@ static uint64_t pagemap_entry(int fd, char *addr) {
     return entry;
 }
 
+/* userfaultfd(2); without privilege (vm.unprivileged_userfaultfd = 0) only for faults
+ * from user mode (UFFD_USER_MODE_ONLY, 5.11+), which is all a scenario's stores are. */
+static int open_userfaultfd(void) {
+    int fd = (int)syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0 && errno == EPERM)
+        fd = (int)syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK | 1 /* UFFD_USER_MODE_ONLY */);
+    return fd;
+}
+
 /* ---- io_uring over raw system calls ------------------------------------------------- */
 static int ring_setup(struct ring *ring) {
     memset(&ring->p, 0, sizeof ring->p);
@@ -473,7 +482,7 @@ static void proc_command(char *line, char *out, size_t size) {
     } else if (strcmp(op, "uffdreg") == 0) {
         if (!check_page(r, 0)) { errno = EINVAL; FAIL("region"); }
         if (uffd < 0) {
-            uffd = (int)syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+            uffd = open_userfaultfd();
             if (uffd < 0) FAIL("userfaultfd");
             struct uffdio_api api = {.api = UFFD_API, .features = 0};
             if (ioctl(uffd, UFFDIO_API, &api) != 0) FAIL("UFFDIO_API");
@@ -616,7 +625,7 @@ static void probe_caps(void) {
     int node = 0, status = 0;
     int drain = syscall(__NR_move_pages, 0, 1, &addr, &node, &status, 0) == 0;
     int uffd_wp = 0;
-    int u = (int)syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    int u = open_userfaultfd();
     if (u >= 0) {
         struct uffdio_api api = {.api = UFFD_API, .features = 0};
         uffd_wp = ioctl(u, UFFDIO_API, &api) == 0 && (api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP);
