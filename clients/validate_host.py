@@ -654,11 +654,11 @@ def combine_runs(runs: list[list[StepReport]]) -> list[StepReport]:
     """One report per step from several runs of the same plan: each step's most common
     observation (the first run's on a tie), its reason saying how the others differed.
 
-    A real kernel's fault count is not quite deterministic: a page-table walker that
-    changes a PTE while a fault is handled (clearing an accessed bit, say) makes the
-    handler find the PTE changed and return, and the store faults again.  Repeating the
-    scenario and keeping the modal observation separates such noise from what the kernel
-    does, and the report keeps the noise visible."""
+    A count of faults around one access is a measurement on a live system, and a stray
+    fault can land in the window (the executor absorbs the one kind it has seen, a fault of
+    the first getrusage call after another scenario process exited; a busy host may have
+    others).  Repeating the scenario and keeping the modal observation separates such noise
+    from what the kernel does, and the report keeps the noise visible."""
     combined: list[StepReport] = []
     for reports in zip(*runs, strict=True):
         keys = [json.dumps([r.status, r.observed], sort_keys=True) for r in reports]
