@@ -32,10 +32,8 @@ from cowsim.clients.qemu_guest import (
 )
 from cowsim.clients.validate_host import build_executor, release_generation
 from cowsim.clients.validate_matrix import cell_text, short_reason
+from tests.validate_helpers import EXAMPLES, HOST_CASES, ROOT, running
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "scenarios"
-HOST_CASES = ROOT / "tests" / "host_scenarios"
 IN_CI = os.environ.get("CI") == "true"
 
 
@@ -241,12 +239,5 @@ def test_a_guest_that_hangs_is_killed_at_the_time_limit(tmp_path: Path,
     assert time.monotonic() - started < 15
     assert "\n" not in str(caught.value)
     for pid in map(int, pids.read_text().split()):
-        assert not _running(pid)
+        assert not running(pid)
 
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"

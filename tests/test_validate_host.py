@@ -46,10 +46,7 @@ from cowsim.sim import (
     parse_scenario,
     trace_scenario,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "scenarios"
-HOST_CASES = ROOT / "tests" / "host_scenarios"
+from tests.validate_helpers import EXAMPLES, HOST_CASES, running
 
 needs_host = pytest.mark.skipif(
     not sys.platform.startswith("linux") or (shutil.which("cc") is None and shutil.which("gcc") is None),
@@ -276,7 +273,7 @@ def test_an_executor_that_hangs_is_killed_at_the_time_limit(tmp_path: Path) -> N
         run_plan(fake, "scenario 0 0 0\nend\n", timeout_seconds=1)
     assert time.monotonic() - started < 10
     for pid in map(int, pid_file.read_text().split()):
-        assert not _running(pid)
+        assert not running(pid)
 
 
 @needs_host
@@ -342,14 +339,6 @@ def test_no_process_is_left_behind(tmp_path: Path) -> None:
     run_plan(binary, plan)
     assert set(_children()) - before == set()
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a killed orphan waits for a reaper that may not be init)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _children() -> list[int]:
