@@ -213,7 +213,8 @@ def compile_plan(scenario: Scenario, file: str = "<scenario>") -> Plan:
 
     def framed(index: int, step: Any, text: str, requires: str = "-") -> None:
         p, r = proc(step.proc, index), region(step.region, index)
-        add(index, "before", False, f"pm {p} {r}")
+        if step.op != "mmap":  # a region being mapped has no pages yet: nothing to read
+            add(index, "before", False, f"pm {p} {r}")
         add(index, "op", True, text, requires)
         add(index, "after", False, f"pm {p} {r}")
 
@@ -545,8 +546,8 @@ def compare(plan: Plan, output: ExecutorOutput, predictions: list[dict[str, Any]
             uffd = counters.get("faults_uffd_wp", 0) - _previous(predictions, index,
                                                                 "faults_uffd_wp")
             predicted["faults"] -= uffd
-        if "pages" in predicted and "before" in results:
-            before = _pm_states(results["before"][1])
+        if "pages" in predicted and "after" in results:
+            before = _pm_states(results["before"][1]) if "before" in results else None
             after = _pm_states(results["after"][1]) if "after" in results else None
             if after is not None:
                 count = len(after)
