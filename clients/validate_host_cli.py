@@ -227,7 +227,10 @@ def main(args: argparse.Namespace, console: Console) -> int:
     results = [result for column in columns for result in column]
     if args.matrix:
         matrix = build_matrix(loaded, columns)
-        print(matrix_markdown(matrix)) if args.markdown else console.print(matrix_table(matrix))
+        if args.markdown:
+            print(matrix_markdown(matrix))
+        else:
+            console.print(matrix_table(matrix))
         if args.json:
             print(json.dumps(results, indent=2))
     elif args.json:
