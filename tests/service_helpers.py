@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from cowsim.service import CowsimServer, NullObserver, RunLabels, ServerConfig
+from cowsim.service import CowsimServer, Limits, NullObserver, RunLabels, ServerConfig
 
 
 def spec_text(*, name: str = "tiny", duration: str = "0.2s", seed: int = 1,
@@ -68,8 +69,13 @@ class RecordingObserver(NullObserver):
             self.rpcs.append((method, code))
 
 
+def loopback_config(data_dir: Path, limits: Limits, **options: Any) -> ServerConfig:
+    """A server on 127.0.0.1, an ephemeral port, storing in ``data_dir``."""
+    return ServerConfig(host="127.0.0.1", port=0, data_dir=data_dir, limits=limits, **options)
+
+
 class ServerThread:
-    """A CowsimServer on a loop in a background thread."""
+    """A CowsimServer on a loop in a background thread (``with`` stops it on the way out)."""
 
     def __init__(self, config: ServerConfig, observer: NullObserver | None = None) -> None:
         self.loop = asyncio.new_event_loop()
@@ -84,6 +90,12 @@ class ServerThread:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self, drain_seconds: float = 0.0) -> None:
         self.call(self.server.stop(drain_seconds=drain_seconds))

@@ -29,7 +29,7 @@ from cowsim.service import Limits, ServerConfig
 from cowsim.service.store import SCHEMA, RunStore
 from cowsim.sim import json_schema
 from cowsim.v1 import cowsim_pb2 as pb
-from tests.service_helpers import RecordingObserver, ServerThread, spec_text
+from tests.service_helpers import RecordingObserver, ServerThread, loopback_config, spec_text
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = Limits(workers=2, max_queued_runs=4, max_sim_seconds=60.0, max_frames=300_000,
@@ -44,11 +44,9 @@ def observer() -> RecordingObserver:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, observer: RecordingObserver
            ) -> Iterator[ServerThread]:
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("data"),
-                          limits=LIMITS, cancel_grace_seconds=3.0)
-    thread = ServerThread(config, observer)
-    yield thread
-    thread.stop()
+    config = loopback_config(tmp_path_factory.mktemp("data"), LIMITS, cancel_grace_seconds=3.0)
+    with ServerThread(config, observer) as thread:
+        yield thread
 
 
 @pytest.fixture

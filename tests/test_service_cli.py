@@ -24,19 +24,18 @@ from cowsim.clients.service_client import Client
 from cowsim.service import Limits, ServerConfig
 from cowsim.sim import MAX_DOCUMENT_BYTES
 from cowsim.v1 import cowsim_pb2 as pb
-from tests.service_helpers import ServerThread, spec_text
+from tests.service_helpers import ServerThread, loopback_config, spec_text
 
 TOKEN = "cli-token-0123456789"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("data"),
-                          limits=Limits(workers=1, max_queued_runs=8, max_sim_seconds=60.0),
-                          cancel_grace_seconds=3.0)
-    thread = ServerThread(config)
-    yield thread
-    thread.stop()
+    config = loopback_config(tmp_path_factory.mktemp("data"),
+                             Limits(workers=1, max_queued_runs=8, max_sim_seconds=60.0),
+                             cancel_grace_seconds=3.0)
+    with ServerThread(config) as thread:
+        yield thread
 
 
 @pytest.fixture

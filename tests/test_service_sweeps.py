@@ -26,7 +26,7 @@ from cowsim.clients.service_client import Client, ServiceCallError
 from cowsim.service import Limits, ServerConfig
 from cowsim.service.store import SCHEMA, RunStore
 from cowsim.v1 import cowsim_pb2 as pb
-from tests.service_helpers import RecordingObserver, ServerThread
+from tests.service_helpers import RecordingObserver, ServerThread, loopback_config
 
 BASE: dict[str, Any] = {
     "name": "tiny", "duration": "0.2s", "seed": 1,
@@ -58,11 +58,8 @@ def observer() -> RecordingObserver:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, observer: RecordingObserver
            ) -> Iterator[ServerThread]:
-    config = ServerConfig(host="127.0.0.1", port=0, data_dir=tmp_path_factory.mktemp("data"),
-                          limits=LIMITS)
-    thread = ServerThread(config, observer)
-    yield thread
-    thread.stop()
+    with ServerThread(loopback_config(tmp_path_factory.mktemp("data"), LIMITS), observer) as thread:
+        yield thread
 
 
 @pytest.fixture
