@@ -168,6 +168,14 @@ class Plan:
     merged: dict[int, int] = field(default_factory=dict)
     region_pages: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def stops_at(self) -> int | None:
+        """The first step that changes state and can never run here (the compiler knows it:
+        a pin without gup_test, a region too large, …), or None.  Nothing after it runs on
+        any kernel, so nothing after it needs a prediction."""
+        return min((c.step for c in self.commands if c.state and c.requires == "none"),
+                   default=None)
+
     def text(self) -> str:
         head = f"scenario {len(self.procs)} {len(self.pipes)} {len(self.ids)}\n"
         body = "".join(f"cmd {c.seq} {'s' if c.state else 'o'} {c.requires} {c.text}\n"
@@ -685,7 +693,11 @@ def validate_scenario(scenario: Scenario, file: str, outputs: Sequence[ExecutorO
     release = outputs[0].release
     _version, generation = release_generation(release)
     chosen = model or generation
-    predictions = trace_scenario(scenario, chosen, file)
+    stop = plan.stops_at
+    traced = scenario if stop is None else scenario.model_copy(
+        update={"steps": scenario.steps[:stop]})  # a huge region stops here: trace no further
+    predictions = trace_scenario(traced, chosen, file)
+    predictions += [{} for _ in range(len(scenario.steps) - len(predictions))]
     reports = combine_runs([compare(plan, output, predictions) for output in outputs])
     return {"scenario": scenario.name, "file": file, "kernel": release,
             "era": generation.era, "model": chosen.label,

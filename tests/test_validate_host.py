@@ -346,3 +346,17 @@ def _children() -> list[int]:
     out = subprocess.run(["ps", "-e", "-o", "pid=,args="], capture_output=True, text=True,
                          check=True).stdout
     return [int(line.split()[0]) for line in out.splitlines() if "vh-executor" in line]
+
+
+def test_a_region_too_large_for_the_executor_stops_the_scenario_there() -> None:
+    scenario = parse_scenario(
+        "name: big\nsteps:\n  - {op: mmap, proc: a, region: r, pages: 1000000}\n"
+        "  - {op: write, proc: a, region: r, value: 1}\n", "big.yaml")
+    plan = compile_plan(scenario)
+    assert plan.stops_at == 0
+    assert "at most 4096" in plan.reasons[0]
+    lines = ["res 0 skip none", "res 1 after 0", "res 2 after 0", "res 3 after 0"]
+    result = validate_scenario(scenario, "big.yaml", [_output(ALL_CAPS, lines)], plan)
+    assert [s["status"] for s in result["steps"]] == ["skipped", "skipped"]
+    assert "at most 4096" in result["steps"][0]["reason"]
+    assert "depend" in result["steps"][1]["reason"]
